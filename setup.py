@@ -1,0 +1,37 @@
+"""Build the Cython kernels in kernels/ into the package fastrnn.kernels.
+
+Metadata lives in pyproject.toml; this file only declares the compiled extensions.
+Every kernels/cython_*.pyx becomes fastrnn.kernels.cython_*.
+"""
+import glob
+import os
+
+import numpy
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+extensions = [
+    Extension(
+        "fastrnn.kernels." + os.path.splitext(os.path.basename(path))[0],
+        [os.path.relpath(path, HERE)],
+        include_dirs=[numpy.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        extra_compile_args=["-O3"],
+    )
+    for path in sorted(glob.glob(os.path.join(HERE, "kernels", "cython_*.pyx")))
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        compiler_directives={
+            "language_level": 3,
+            "boundscheck": False,
+            "wraparound": False,
+            "cdivision": True,
+            "initializedcheck": False,
+        },
+    ),
+)
