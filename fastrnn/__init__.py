@@ -1,2 +1,15 @@
-"""fastrnn: fast CPU recurrent networks."""
+"""fastrnn: fast CPU recurrent networks (SimpleRNN, LSTM, GRU) with Numba and Cython kernels.
+
+    import fastrnn
+    layer = fastrnn.LSTM(64, return_sequences=True)
+    y = layer(x)                # x: (batch, timesteps, features), numpy
+
+The functional API is fastrnn.ops (rnn_forward / rnn_backward); fastrnn.reference is the NumPy oracle.
+"""
+from . import initializers, ops, reference
+from .layers import GRU, LSTM, SimpleRNN, RecurrentLayer
+from .ops import available_backends, rnn_backward, rnn_forward
+
 __version__ = "0.1.0"
+__all__ = ["SimpleRNN", "LSTM", "GRU", "RecurrentLayer", "rnn_forward", "rnn_backward", "available_backends",
+           "ops", "reference", "initializers"]

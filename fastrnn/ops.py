@@ -1,0 +1,340 @@
+"""The functional API: validated forward and backward of one recurrent layer, and the one dispatch table.
+
+    out = rnn_forward("lstm", x, [W, R, b], training=True)      # out.outputs (B,T,U), out.states (hT, cT)
+    grads = rnn_backward(out, d_outputs, d_states)                # grads.dx, grads.d_initial_states, grads.d_weights
+
+`weights` is the Keras list: [kernel W (D, G*U), recurrent_kernel R (U, G*U), bias b] (no bias when the layer has
+none; GRU reset_after=True has b of shape (2, 3U)). Outputs keep input positions even with `reverse=True`
+(the backward half of a Bidirectional); layers flip them for Keras `go_backwards`.
+
+Every argument is checked here, before compiled code runs. Kernels (fastrnn.kernels) receive C-contiguous arrays of
+one float dtype, int64 lengths, preallocated outputs and zeroed workspaces; see kernels/README.md.
+"""
+import importlib
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import _checks, reference
+
+GATES = {"simple_rnn": 1, "lstm": 4, "gru": 3}
+N_STATES = {"simple_rnn": 1, "lstm": 2, "gru": 1}
+BACKENDS = ("auto", "numpy", "numba", "cython")
+COMPILED_BACKENDS = ("cython", "numba")  # "auto" prefers them in this order
+ACTIVATIONS = ("tanh", "relu")
+
+# Training workspaces of the compiled kernels: name and width in units of U, shape (B, T, width*U).
+WORKSPACES = {
+    "simple_rnn": (("ws_hprev", 1), ("ws_h", 1)),
+    "lstm": (("ws_hprev", 1), ("ws_cprev", 1), ("ws_gates", 4), ("ws_c", 1)),
+    "gru": (("ws_hprev", 1), ("ws_gates", 3), ("ws_vh", 1)),
+}
+
+
+@dataclass
+class Problem:
+    """One validated call: arrays of one dtype, every optional argument filled in."""
+    cell: str
+    x: np.ndarray
+    W: np.ndarray
+    R: np.ndarray
+    b: np.ndarray          # (G*U,) or (2, 3U) for GRU reset_after; zeros when the layer has no bias
+    has_bias: bool
+    initial_states: tuple  # (h0,) or (h0, c0), each (B, U)
+    lengths: np.ndarray    # (B,) int64
+    reverse: bool
+    activation: str
+    reset_after: bool
+
+    @property
+    def shape(self):
+        B, T, D = self.x.shape
+        return B, T, D, self.R.shape[0]
+
+
+@dataclass
+class RNNOutput:
+    outputs: np.ndarray    # (B, T, U): y[b, t] for every input position, zeros past a row's length
+    states: tuple          # final states (hT,) or (hT, cT)
+    backend: str           # the backend that ran
+    problem: Problem = field(repr=False)
+    tape: object = field(default=None, repr=False)  # what backward needs; None in inference mode
+
+
+@dataclass
+class RNNGradients:
+    dx: np.ndarray
+    d_initial_states: tuple
+    d_weights: list        # same order and shapes as the weights list
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Kernels: the reference and the compiled modules behind one interface
+# ---------------------------------------------------------------------------------------------------------------
+
+class ReferenceKernel:
+    """Runs fastrnn.reference (also used for degenerate shapes: zero batch, timesteps or features)."""
+    name = "numpy"
+
+    def __init__(self, cell):
+        self.cell = cell
+        self.fwd = getattr(reference, cell + "_forward")
+        self.bwd = getattr(reference, cell + "_backward")
+
+    def available(self):
+        return True
+
+    def forward(self, p, training):
+        opts = {}
+        if p.cell == "simple_rnn":
+            opts["activation"] = p.activation
+        if p.cell == "gru":
+            opts["reset_after"] = p.reset_after
+        y, states, cache = self.fwd(p.x, p.W, p.R, p.b, *p.initial_states, lengths=p.lengths, reverse=p.reverse,
+                                    training=training, **opts)
+        return y, tuple(states), cache
+
+    def backward(self, p, tape, dy, d_states):
+        g = self.bwd(tape, dy, d_states)
+        d_init = (g["dh0"], g["dc0"]) if p.cell == "lstm" else (g["dh0"],)
+        return g["dx"], d_init, g["dW"], g["dR"], g["db"]
+
+
+class CompiledKernel:
+    """A kernels/<backend>_<cell> module, imported on first use (Numba loads its on-disk cache then)."""
+
+    def __init__(self, backend, cell):
+        self.name, self.cell = backend, cell
+        self.module_name = f"fastrnn.kernels.{backend}_{cell}"
+        self._module, self._error = None, None
+        self._lock = threading.Lock()
+
+    def available(self):
+        return self._load() is not None
+
+    def unavailable_reason(self):
+        self._load()
+        return self._error
+
+    def _load(self):
+        if self._module is None and self._error is None:
+            with self._lock:
+                if self._module is None and self._error is None:
+                    try:
+                        self._module = importlib.import_module(self.module_name)
+                    except ImportError as exc:  # e.g. Cython extensions not built, numba missing
+                        self._error = f"{self.module_name}: {exc}"
+        return self._module
+
+    def forward(self, p, training):
+        mod = self._load()
+        B, T, D, U = p.shape
+        dt = p.x.dtype
+        y = np.empty((B, T, U), dt)
+        finals = tuple(np.empty((B, U), dt) for _ in range(N_STATES[p.cell]))
+        ws_shape = (lambda w: (B, T, w * U)) if training else (lambda w: (0, 0, 0))
+        ws = tuple(np.zeros(ws_shape(w), dt) for _, w in WORKSPACES[p.cell])
+        if p.cell == "simple_rnn":
+            mod.simple_rnn_forward(p.x, p.W, p.R, p.b, p.initial_states[0], p.lengths, p.reverse,
+                                   p.activation == "relu", training, y, finals[0], *ws)
+        elif p.cell == "lstm":
+            mod.lstm_forward(p.x, p.W, p.R, p.b, *p.initial_states, p.lengths, p.reverse, training,
+                             y, *finals, *ws)
+        else:
+            b_in, b_rec = (p.b[0], p.b[1]) if p.reset_after else (p.b, np.zeros_like(p.b))
+            mod.gru_forward(p.x, p.W, p.R, b_in, b_rec, p.initial_states[0], p.lengths, p.reverse, p.reset_after,
+                            training, y, finals[0], *ws)
+        return y, finals, (ws if training else None)
+
+    def backward(self, p, ws, dy, d_states):
+        mod = self._load()
+        B, T, D, U = p.shape
+        dt = p.x.dtype
+        dx, dW, dR = np.empty_like(p.x), np.empty_like(p.W), np.empty_like(p.R)
+        d_init = tuple(np.empty((B, U), dt) for _ in range(N_STATES[p.cell]))
+        if p.cell == "simple_rnn":
+            db = np.empty(GATES[p.cell] * U, dt)
+            mod.simple_rnn_backward(p.x, p.W, p.R, p.lengths, p.reverse, p.activation == "relu", *ws,
+                                    dy, d_states[0], dx, d_init[0], dW, dR, db)
+        elif p.cell == "lstm":
+            db = np.empty(GATES[p.cell] * U, dt)
+            mod.lstm_backward(p.x, p.W, p.R, p.lengths, p.reverse, *ws, dy, *d_states, dx, *d_init, dW, dR, db)
+        else:
+            db_in, db_rec = np.empty(3 * U, dt), np.empty(3 * U, dt)
+            mod.gru_backward(p.x, p.W, p.R, p.lengths, p.reverse, p.reset_after, *ws, dy, d_states[0],
+                             dx, d_init[0], dW, dR, db_in, db_rec)
+            db = np.stack([db_in, db_rec]) if p.reset_after else db_in
+        return dx, d_init, dW, dR, db
+
+
+# The one dispatch table: (cell, backend, dtype) -> kernel.
+KERNELS = {}
+for _cell in GATES:
+    _compiled = {name: CompiledKernel(name, _cell) for name in COMPILED_BACKENDS}
+    for _dt in _checks.FLOAT_DTYPES:
+        KERNELS[(_cell, "numpy", _dt)] = ReferenceKernel(_cell)
+        for _name, _kernel in _compiled.items():
+            KERNELS[(_cell, _name, _dt)] = _kernel
+del _cell, _compiled, _dt, _name, _kernel
+
+
+def available_backends():
+    """{backend: None if usable, else the reason it is not} for the compiled backends, plus numpy."""
+    out = {"numpy": None}
+    for name in COMPILED_BACKENDS:
+        k = KERNELS[("lstm", name, np.dtype(np.float32))]
+        out[name] = None if k.available() else k.unavailable_reason()
+    return out
+
+
+def select_kernel(cell, backend, dtype, shape):
+    """The kernel that runs `cell` for `backend` ("auto" picks the first compiled backend that loads)."""
+    _checks.choice("backend", backend, BACKENDS)
+    B, T, D, U = shape
+    if B == 0 or T == 0 or D == 0:
+        return KERNELS[(cell, "numpy", dtype)]  # nothing to compile for: empty loops or an input-free recurrence
+    if backend != "auto":
+        kernel = KERNELS[(cell, backend, dtype)]
+        if not kernel.available():
+            raise RuntimeError(f"backend {backend!r} is not available: {kernel.unavailable_reason()}")
+        return kernel
+    for name in COMPILED_BACKENDS:
+        kernel = KERNELS[(cell, name, dtype)]
+        if kernel.available():
+            return kernel
+    return KERNELS[(cell, "numpy", dtype)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------------------------------
+
+def _weights_dtype(weights, dtype):
+    if dtype is not None:
+        return _checks.float_dtype(dtype)
+    kernel_dtype = getattr(weights[0], "dtype", None) if weights else None
+    if kernel_dtype is not None and np.dtype(kernel_dtype) in _checks.FLOAT_DTYPES:
+        return np.dtype(kernel_dtype)
+    return np.dtype(np.float32)
+
+
+def make_problem(cell, x, weights, initial_states=None, lengths=None, reverse=False, activation="tanh",
+                 reset_after=True, dtype=None, check_finite=True):
+    """Check every argument and return a Problem with arrays of one float dtype."""
+    _checks.choice("cell", cell, GATES)
+    G = GATES[cell]
+    reverse = _checks.boolean("reverse", reverse)
+    reset_after = _checks.boolean("reset_after", reset_after)
+    if cell == "simple_rnn":
+        _checks.choice("activation", activation, ACTIVATIONS)
+    if not isinstance(weights, (list, tuple)) or len(weights) not in (2, 3):
+        raise TypeError("weights must be a list [kernel, recurrent_kernel] or [kernel, recurrent_kernel, bias]; "
+                        f"got {type(weights).__name__}" + (f" of length {len(weights)}" if hasattr(weights, "__len__") else ""))
+    dt = _weights_dtype(weights, dtype)
+
+    x = _checks.as_array("x", x, dt, check_finite)
+    _checks.check_rank("x", x, 3, "(batch, timesteps, features)")
+    B, T, D = x.shape
+
+    R = _checks.as_array("recurrent_kernel", weights[1], dt, check_finite)
+    _checks.check_rank("recurrent_kernel", R, 2, f"(units, {G}*units)")
+    U = R.shape[0]
+    if U == 0:
+        raise ValueError(f"recurrent_kernel must have shape (units, {G}*units) with units >= 1; got shape {R.shape}")
+    _checks.check_shape("recurrent_kernel", R, (U, G * U), f"(units={U}, {G}*units={G * U})")
+    W = _checks.as_array("kernel", weights[0], dt, check_finite)
+    _checks.check_shape("kernel", W, (D, G * U), f"(input_dim={D}, {G}*units={G * U})")
+
+    two_biases = cell == "gru" and reset_after
+    b_shape = (2, G * U) if two_biases else (G * U,)
+    has_bias = len(weights) == 3 and weights[2] is not None
+    if has_bias:
+        b = _checks.as_array("bias", weights[2], dt, check_finite)
+        what = f"(2, 3*units={G * U}) for GRU with reset_after=True" if two_biases else f"({G}*units={G * U},)"
+        _checks.check_shape("bias", b, b_shape, what)
+    else:
+        b = np.zeros(b_shape, dt)
+
+    n = N_STATES[cell]
+    if initial_states is None:
+        initial_states = [None] * n
+    elif isinstance(initial_states, np.ndarray) or not isinstance(initial_states, (list, tuple)):
+        initial_states = [initial_states]
+    if len(initial_states) != n:
+        raise ValueError(f"initial_state must hold {n} array(s) {'[h0, c0]' if n == 2 else '[h0]'} "
+                         f"for {cell}; got {len(initial_states)}")
+    states = []
+    for name, s in zip(("initial_state h0", "initial_state c0"), initial_states):
+        if s is None:
+            states.append(np.zeros((B, U), dt))
+        else:
+            s = _checks.as_array(name, s, dt, check_finite)
+            _checks.check_shape(name, s, (B, U), f"(batch={B}, units={U})")
+            states.append(s)
+
+    lens = _checks.as_lengths(lengths, B, T)
+    if lens is None:
+        lens = np.full(B, T, np.int64)
+    return Problem(cell, x, W, R, b, has_bias, tuple(states), lens, reverse, activation, reset_after)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Public functional API
+# ---------------------------------------------------------------------------------------------------------------
+
+def rnn_forward(cell, x, weights, initial_states=None, lengths=None, *, reverse=False, activation="tanh",
+                reset_after=True, training=False, backend="auto", dtype=None, check_finite=True):
+    """Run one recurrent layer over a batch of sequences.
+
+    cell: "simple_rnn" | "lstm" | "gru".  x: (batch, timesteps, features).  weights: [W, R] or [W, R, b].
+    initial_states: None, h0, or [h0] / [h0, c0], each (batch, units).  lengths: None or (batch,) ints in
+    [0, timesteps] for right-padded batches.  training=True keeps what rnn_backward needs.
+    dtype: float32 or float64 (default: the kernel's dtype if it is one of them, else float32).
+    """
+    training = _checks.boolean("training", training)
+    p = make_problem(cell, x, weights, initial_states, lengths, reverse, activation, reset_after, dtype,
+                     check_finite)
+    kernel = select_kernel(cell, backend, p.x.dtype, p.shape)
+    y, states, tape = kernel.forward(p, training)
+    return RNNOutput(y, tuple(states), kernel.name, p, tape if training else None)
+
+
+def rnn_backward(output, d_outputs=None, d_states=None, check_finite=True):
+    """Gradients of a scalar loss, given its gradients with respect to rnn_forward's outputs and final states.
+
+    d_outputs: None or (batch, timesteps, units); d_states: None or a list like output.states (entries may be None).
+    The forward must have run with training=True.
+    """
+    if not isinstance(output, RNNOutput):
+        raise TypeError(f"output must be the RNNOutput of rnn_forward; got {type(output).__name__}")
+    if output.tape is None:
+        raise ValueError("output has no saved state for backward: run rnn_forward with training=True")
+    p = output.problem
+    B, T, D, U = p.shape
+    dt = p.x.dtype
+    if d_outputs is None:
+        dy = np.zeros((B, T, U), dt)
+    else:
+        dy = _checks.as_array("d_outputs", d_outputs, dt, check_finite)
+        _checks.check_shape("d_outputs", dy, (B, T, U), f"(batch={B}, timesteps={T}, units={U})")
+    n = N_STATES[p.cell]
+    if d_states is None:
+        d_states = [None] * n
+    elif isinstance(d_states, np.ndarray) or not isinstance(d_states, (list, tuple)):
+        d_states = [d_states]
+    if len(d_states) != n:
+        raise ValueError(f"d_states must hold {n} array(s) for {p.cell}; got {len(d_states)}")
+    ds = []
+    for k, g in enumerate(d_states):
+        if g is None:
+            ds.append(np.zeros((B, U), dt))
+        else:
+            g = _checks.as_array(f"d_states[{k}]", g, dt, check_finite)
+            _checks.check_shape(f"d_states[{k}]", g, (B, U), f"(batch={B}, units={U})")
+            ds.append(g)
+
+    kernel = KERNELS[(p.cell, output.backend, dt)]
+    dx, d_init, dW, dR, db = kernel.backward(p, output.tape, dy, tuple(ds))
+    d_weights = [dW, dR, db] if p.has_bias else [dW, dR]
+    return RNNGradients(dx, tuple(d_init), d_weights)
