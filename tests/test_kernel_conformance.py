@@ -1,0 +1,146 @@
+"""Every compiled backend against the NumPy reference: forward outputs, final states and every gradient.
+
+float64 must match to 1e-10 relative (max abs difference over max abs value). float32 kernels are compared with
+the float64 reference run on the same (float32-rounded) inputs, within FLOAT32_TOL.
+"""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from fastrnn import ops
+from helpers import CELL_OPTION_IDS, CELL_OPTIONS, random_problem, rel_err
+
+COMPILED = ["numba", "cython"]
+FLOAT64_TOL = 1e-10
+# float32 has a 6e-8 unit roundoff; errors grow with the length of the sums (D, U) and of the recurrence (T).
+# On the sizes below the worst seen is a few 1e-6; 1e-4 leaves room for BLAS summation orders.
+FLOAT32_TOL = 1e-4
+
+
+def run(backend, cell, p, options, dtype, reverse, training=True):
+    weights = [p["W"], p["R"], p["b"]]
+    out = ops.rnn_forward(cell, p["x"], weights, list(p["states"]), p["lengths"], reverse=reverse,
+                          training=training, backend=backend, dtype=dtype, **options)
+    grads = ops.rnn_backward(out, p["dy"], list(p["dstates"])) if training else None
+    return out, grads
+
+
+def as_dtype(p, dtype):
+    """The problem rounded to dtype, so reference and kernel see exactly the same numbers."""
+    def cast(v):
+        if isinstance(v, tuple):
+            return tuple(cast(s) for s in v)
+        if isinstance(v, np.ndarray) and v.dtype.kind == "f":
+            return v.astype(dtype)
+        return v
+    return {k: cast(v) for k, v in p.items()}
+
+
+def assert_conforms(backend, cell, options, p, dtype, reverse):
+    p = as_dtype(p, dtype)
+    out, grads = run(backend, cell, p, options, dtype, reverse)
+    assert out.backend == backend
+    want_out, want_grads = run("numpy", cell, as_dtype(p, np.float64), options, np.float64, reverse)
+    tol = FLOAT64_TOL if dtype == np.float64 else FLOAT32_TOL
+
+    assert out.outputs.dtype == dtype
+    assert rel_err(out.outputs, want_out.outputs) < tol, "outputs"
+    for k, (got, want) in enumerate(zip(out.states, want_out.states)):
+        assert got.dtype == dtype
+        assert rel_err(got, want) < tol, f"final state {k}"
+    assert grads.dx.dtype == dtype
+    assert rel_err(grads.dx, want_grads.dx) < tol, "dx"
+    for k, (got, want) in enumerate(zip(grads.d_initial_states, want_grads.d_initial_states)):
+        assert rel_err(got, want) < tol, f"d_initial_state {k}"
+    for name, got, want in zip(("dW", "dR", "db"), grads.d_weights, want_grads.d_weights):
+        assert got.shape == want.shape, name
+        assert got.dtype == dtype, name
+        assert rel_err(got, want) < tol, name
+
+
+@pytest.fixture(params=COMPILED)
+def backend(request):
+    reason = ops.available_backends()[request.param]
+    assert reason is None, f"compiled backend {request.param} must be available: {reason}"
+    return request.param
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("lengths", ["full", "mixed"])
+@pytest.mark.parametrize("cell,options", CELL_OPTIONS, ids=CELL_OPTION_IDS)
+def test_kernel_matches_reference(backend, cell, options, lengths, reverse, dtype):
+    p = random_problem(cell, B=5, T=7, D=6, U=8, seed=11, lengths=lengths, **options)
+    assert_conforms(backend, cell, options, p, dtype, reverse)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("cell,options", CELL_OPTIONS, ids=CELL_OPTION_IDS)
+def test_kernel_matches_reference_blas_sized(backend, cell, options, dtype):
+    """Sizes where BLAS takes its blocked paths."""
+    p = random_problem(cell, B=16, T=12, D=40, U=67, seed=12, lengths="mixed", scale=0.2, **options)
+    assert_conforms(backend, cell, options, p, dtype, reverse=True)
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+@pytest.mark.parametrize("cell,options", CELL_OPTIONS, ids=CELL_OPTION_IDS)
+def test_kernel_matches_reference_random_shapes(backend, cell, options, data):
+    B = data.draw(st.integers(1, 4), "batch")
+    T = data.draw(st.integers(1, 5), "timesteps")
+    D = data.draw(st.integers(1, 4), "features")
+    U = data.draw(st.integers(1, 4), "units")
+    lengths = data.draw(st.lists(st.integers(0, T), min_size=B, max_size=B) | st.just("full"), "lengths")
+    reverse = data.draw(st.booleans(), "reverse")
+    dtype = data.draw(st.sampled_from([np.float32, np.float64]), "dtype")
+    seed = data.draw(st.integers(0, 2**16), "seed")
+    p = random_problem(cell, B, T, D, U, seed=seed, lengths=lengths, **options)
+    assert_conforms(backend, cell, options, p, dtype, reverse)
+
+
+@pytest.mark.parametrize("cell,options", CELL_OPTIONS, ids=CELL_OPTION_IDS)
+def test_inference_mode_equals_training_mode(backend, cell, options):
+    p = random_problem(cell, B=4, T=6, D=3, U=5, seed=2, lengths="mixed", **options)
+    infer, _ = run(backend, cell, p, options, np.float64, reverse=True, training=False)
+    train, _ = run(backend, cell, p, options, np.float64, reverse=True, training=True)
+    assert infer.tape is None
+    np.testing.assert_array_equal(infer.outputs, train.outputs)
+    for a, b in zip(infer.states, train.states):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("cell,options", CELL_OPTIONS, ids=CELL_OPTION_IDS)
+def test_kernels_accept_read_only_inputs_and_never_modify_them(backend, cell, options):
+    p = random_problem(cell, B=3, T=5, D=4, U=3, seed=9, lengths="mixed", **options)
+    originals = {k: (tuple(s.copy() for s in v) if isinstance(v, tuple) else v.copy())
+                 for k, v in p.items() if v is not None}
+    for v in p.values():
+        for a in (v if isinstance(v, tuple) else (v,)):
+            if isinstance(a, np.ndarray):
+                a.flags.writeable = False
+    out, grads = run(backend, cell, p, options, np.float64, reverse=False)
+    run(backend, cell, p, options, np.float64, reverse=True)
+    for k, v in originals.items():
+        for a, b in zip(v if isinstance(v, tuple) else (v,), p[k] if isinstance(p[k], tuple) else (p[k],)):
+            np.testing.assert_array_equal(a, b)
+    # backward twice from one forward gives the same gradients: the saved workspaces are not consumed
+    again = ops.rnn_backward(out, p["dy"], list(p["dstates"]))
+    np.testing.assert_array_equal(grads.dx, again.dx)
+    for a, b in zip(grads.d_weights, again.d_weights):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_auto_picks_a_compiled_backend():
+    p = random_problem("lstm", B=2, T=3, D=2, U=2, seed=0)
+    out = ops.rnn_forward("lstm", p["x"], [p["W"], p["R"], p["b"]])
+    assert out.backend in COMPILED
+
+
+@pytest.mark.parametrize("cell,options", CELL_OPTIONS, ids=CELL_OPTION_IDS)
+def test_no_bias_gives_no_bias_gradient(backend, cell, options):
+    p = random_problem(cell, B=2, T=3, D=2, U=3, seed=0, **options)
+    out = ops.rnn_forward(cell, p["x"], [p["W"], p["R"]], training=True, backend=backend, **options)
+    ref = ops.rnn_forward(cell, p["x"], [p["W"], p["R"]], training=True, backend="numpy", **options)
+    assert rel_err(out.outputs, ref.outputs) < FLOAT64_TOL
+    grads = ops.rnn_backward(out, p["dy"])
+    assert len(grads.d_weights) == 2
