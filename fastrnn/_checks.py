@@ -13,7 +13,9 @@ _NUMERIC_KINDS = "biuf"
 
 
 def float_dtype(dtype, name="dtype"):
-    """The compute dtype: float32 or float64 (names, numpy dtypes and types accepted)."""
+    """The compute dtype: float32 or float64 (names, numpy dtypes and types accepted; None means float32)."""
+    if dtype is None:
+        return np.dtype(np.float32)  # Keras: dtype=None is the float32 policy (np.dtype(None) would be float64)
     try:
         dt = np.dtype(dtype)
     except TypeError:
@@ -35,10 +37,14 @@ def as_array(name, value, dtype, check_finite=True):
         raise TypeError(f"{name} must be a numeric array; could not convert {type(value).__name__}: {exc}") from None
     if arr.dtype.kind not in _NUMERIC_KINDS:
         raise TypeError(f"{name} must be a real numeric array (bool, int or float); got dtype {arr.dtype}")
-    arr = np.ascontiguousarray(arr, dtype=dtype)
-    if check_finite and arr.size and not np.isfinite(arr).all():
+    with np.errstate(over="ignore"):  # a float64 beyond float32's range is reported below, by name
+        converted = arr.astype(dtype, order="C", copy=False)  # keeps 0-d arrays 0-d (ascontiguousarray would not)
+    if check_finite and converted.size and not np.isfinite(converted).all():
+        if arr.dtype.kind == "f" and np.isfinite(arr).all():
+            raise ValueError(f"{name} has values beyond the range of {np.dtype(dtype)} (largest magnitude "
+                             f"{np.abs(arr).max():.3g})")
         raise ValueError(f"{name} must be finite; it contains NaN or inf (pass check_finite=False to skip this check)")
-    return arr
+    return converted
 
 
 def check_shape(name, arr, expected, what):
@@ -57,6 +63,8 @@ def as_lengths(lengths, batch, timesteps):
     if lengths is None:
         return None
     arr = np.asarray(lengths)
+    if arr.size == 0 and arr.dtype.kind == "f":
+        arr = arr.astype(np.int64)  # an empty list converts to float64
     if arr.dtype.kind not in "iu":
         raise TypeError(f"lengths must be integers; got dtype {arr.dtype}")
     if arr.shape != (batch,):

@@ -154,7 +154,11 @@ class RecurrentLayer:
         else:
             output = states[0].copy()
             if lens is not None:
-                output[lens == 0] = 0  # Keras: a row with no valid step outputs zeros (its state stays h0)
+                # Keras returns its last output step: zeros for a row with no valid step (its state stays h0),
+                # and, with zero_output_for_mask, zeros for a row whose last step is padding.
+                output[lens == 0] = 0
+                if self.zero_output_for_mask and not self.go_backwards:
+                    output[lens < T] = 0
         if self.return_state:
             return [output, *states]
         return output

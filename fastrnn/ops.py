@@ -226,8 +226,8 @@ def make_problem(cell, x, weights, initial_states=None, lengths=None, reverse=Fa
     G = GATES[cell]
     reverse = _checks.boolean("reverse", reverse)
     reset_after = _checks.boolean("reset_after", reset_after)
-    if cell == "simple_rnn":
-        _checks.choice("activation", activation, ACTIVATIONS)
+    # SimpleRNN takes tanh or relu; LSTM and GRU have tanh (their gates are sigmoids).
+    _checks.choice("activation", activation, ACTIVATIONS if cell == "simple_rnn" else ("tanh",))
     if not isinstance(weights, (list, tuple)) or len(weights) not in (2, 3):
         raise TypeError("weights must be a list [kernel, recurrent_kernel] or [kernel, recurrent_kernel, bias]; "
                         f"got {type(weights).__name__}" + (f" of length {len(weights)}" if hasattr(weights, "__len__") else ""))
@@ -244,6 +244,9 @@ def make_problem(cell, x, weights, initial_states=None, lengths=None, reverse=Fa
         raise ValueError(f"recurrent_kernel must have shape (units, {G}*units) with units >= 1; got shape {R.shape}")
     _checks.check_shape("recurrent_kernel", R, (U, G * U), f"(units={U}, {G}*units={G * U})")
     W = _checks.as_array("kernel", weights[0], dt, check_finite)
+    if W.ndim == 2 and W.shape[0] != D and W.shape[1] == G * U:
+        raise ValueError(f"x must have shape (batch, timesteps, features={W.shape[0]}) to match kernel "
+                         f"{W.shape}; got shape {x.shape}")
     _checks.check_shape("kernel", W, (D, G * U), f"(input_dim={D}, {G}*units={G * U})")
 
     two_biases = cell == "gru" and reset_after
@@ -293,6 +296,7 @@ def rnn_forward(cell, x, weights, initial_states=None, lengths=None, *, reverse=
     dtype: float32 or float64 (default: the kernel's dtype if it is one of them, else float32).
     """
     training = _checks.boolean("training", training)
+    check_finite = _checks.boolean("check_finite", check_finite)
     p = make_problem(cell, x, weights, initial_states, lengths, reverse, activation, reset_after, dtype,
                      check_finite)
     kernel = select_kernel(cell, backend, p.x.dtype, p.shape)
@@ -306,6 +310,7 @@ def rnn_backward(output, d_outputs=None, d_states=None, check_finite=True):
     d_outputs: None or (batch, timesteps, units); d_states: None or a list like output.states (entries may be None).
     The forward must have run with training=True.
     """
+    check_finite = _checks.boolean("check_finite", check_finite)
     if not isinstance(output, RNNOutput):
         raise TypeError(f"output must be the RNNOutput of rnn_forward; got {type(output).__name__}")
     if output.tape is None:
