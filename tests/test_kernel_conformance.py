@@ -13,8 +13,16 @@ from helpers import CELL_OPTION_IDS, CELL_OPTIONS, random_problem, rel_err
 COMPILED = ["numba", "cython"]
 FLOAT64_TOL = 1e-10
 # float32 has a 6e-8 unit roundoff; errors grow with the length of the sums (D, U) and of the recurrence (T).
-# On the sizes below the worst seen is a few 1e-6; 1e-4 leaves room for BLAS summation orders.
+# On the sizes below the worst seen is a few 1e-6; 1e-4 leaves room for BLAS summation orders. Results that are
+# tiny through cancellation (e.g. a GRU output z*h + (1-z)*hh near 0) are judged by an absolute 1e-6 instead.
 FLOAT32_TOL = 1e-4
+FLOAT32_ATOL = 1e-6
+
+
+def close(got, want, dtype):
+    if dtype == np.float64:
+        return rel_err(got, want) < FLOAT64_TOL
+    return rel_err(got, want) < FLOAT32_TOL or np.max(np.abs(got - want), initial=0) < FLOAT32_ATOL
 
 
 def run(backend, cell, p, options, dtype, reverse, training=True):
@@ -41,24 +49,22 @@ def assert_conforms(backend, cell, options, p, dtype, reverse):
     out, grads = run(backend, cell, p, options, dtype, reverse)
     assert out.backend == backend
     want_out, want_grads = run("numpy", cell, as_dtype(p, np.float64), options, np.float64, reverse)
-    tol = FLOAT64_TOL if dtype == np.float64 else FLOAT32_TOL
-
     assert out.outputs.dtype == dtype
-    assert rel_err(out.outputs, want_out.outputs) < tol, "outputs"
+    assert close(out.outputs, want_out.outputs, dtype), "outputs"
     for k, (got, want) in enumerate(zip(out.states, want_out.states)):
         assert got.dtype == dtype
-        assert rel_err(got, want) < tol, f"final state {k}"
+        assert close(got, want, dtype), f"final state {k}"
     assert grads.dx.dtype == dtype
-    assert rel_err(grads.dx, want_grads.dx) < tol, "dx"
+    assert close(grads.dx, want_grads.dx, dtype), "dx"
     for k, (got, want) in enumerate(zip(grads.d_initial_states, want_grads.d_initial_states)):
-        assert rel_err(got, want) < tol, f"d_initial_state {k}"
+        assert close(got, want, dtype), f"d_initial_state {k}"
     for name, got, want in zip(("dW", "dR", "db"), grads.d_weights, want_grads.d_weights):
         assert got.shape == want.shape, name
         assert got.dtype == dtype, name
-        assert rel_err(got, want) < tol, name
+        assert close(got, want, dtype), name
 
 
-@pytest.fixture(params=COMPILED)
+@pytest.fixture(params=COMPILED, scope="module")
 def backend(request):
     reason = ops.available_backends()[request.param]
     assert reason is None, f"compiled backend {request.param} must be available: {reason}"
