@@ -9,7 +9,7 @@ shape, checks its arguments and calls fastrnn.ops. It has no time loop of its ow
 """
 import numpy as np
 
-from . import _checks, initializers, ops
+from .. import _checks, initializers, ops
 
 
 class RecurrentLayer:
