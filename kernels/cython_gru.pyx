@@ -1,0 +1,377 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""GRU forward and BPTT, Cython + BLAS, GIL released. Contract: kernels/README.md. Gate columns z, r, h.
+
+    reset_after=True : u = x_t W + b_in,  v = h_{t-1} R + b_rec
+                       z = sigmoid(u_z + v_z),  r = sigmoid(u_r + v_r),  hh = tanh(u_h + r * v_h)
+    reset_after=False: one bias b_in;  z, r as above with v = h_{t-1} R[:, :2U],  hh = tanh(u_h + (r * h_{t-1}) R_h)
+    h_t = z * h_{t-1} + (1 - z) * hh
+"""
+import numpy as np
+
+from cython cimport floating
+from libc.stdint cimport int64_t
+from libc.string cimport memcpy, memset
+
+from fused_blas cimport (active_rows, column_sums, gemm, max_length, position, sigmoid_inplace,
+                         tanh_inplace, transpose, zero_padding)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Forward
+# ---------------------------------------------------------------------------------------------------------------
+
+def gru_forward(const floating[:, :, ::1] x, const floating[:, ::1] W, const floating[:, ::1] R,
+                const floating[::1] b_in, const floating[::1] b_rec, const floating[:, ::1] h0,
+                const int64_t[::1] lengths, bint reverse, bint reset_after, bint training,
+                floating[:, :, ::1] y, floating[:, ::1] hT,
+                floating[:, :, ::1] ws_hprev, floating[:, :, ::1] ws_gates, floating[:, :, ::1] ws_vh):
+    cdef Py_ssize_t B = x.shape[0], T = x.shape[1], D = x.shape[2], U = R.shape[0]
+    dtype = np.float32 if floating is float else np.float64
+    # Scratch, once per call: the input projection of every step, one step's recurrent projection, and for
+    # reset_after=False one step's r * h_prev (zeros so that rows never written are still finite numbers).
+    cdef floating[:, ::1] xw = np.empty((B * T, 3 * U), dtype)
+    cdef floating[:, ::1] hr = np.empty((B, 3 * U), dtype)
+    cdef floating[:, ::1] rh = np.zeros((B if not reset_after else 1, U), dtype)
+    cdef floating* ws[3]  # NULL in inference mode, where the workspaces may have size 0
+    ws[0] = ws[1] = ws[2] = NULL
+    if training:
+        ws[0] = &ws_hprev[0, 0, 0]
+        ws[1] = &ws_gates[0, 0, 0]
+        # reset_after=False does not use ws_vh: left alone (NULL) unless it has its full size, then zeroed
+        if ws_vh.shape[0] * ws_vh.shape[1] * ws_vh.shape[2] == B * T * U:
+            ws[2] = &ws_vh[0, 0, 0]
+    with nogil:
+        if reset_after:
+            _forward_reset_after(B, T, D, U, &x[0, 0, 0], &W[0, 0], &R[0, 0], &b_in[0], &b_rec[0], &h0[0, 0],
+                                 &lengths[0], reverse, &y[0, 0, 0], &hT[0, 0], ws[0], ws[1], ws[2],
+                                 &xw[0, 0], &hr[0, 0])
+        else:
+            _forward_reset_before(B, T, D, U, &x[0, 0, 0], &W[0, 0], &R[0, 0], &b_in[0], &h0[0, 0],
+                                  &lengths[0], reverse, &y[0, 0, 0], &hT[0, 0], ws[0], ws[1], ws[2],
+                                  &xw[0, 0], &hr[0, 0], &rh[0, 0])
+
+
+cdef void _start(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U, const floating* x, const floating* W,
+                 const floating* h0, const int64_t* lengths, floating* y, floating* h,
+                 floating* ws_hprev, floating* ws_gates, floating* ws_vh, floating* xw) noexcept nogil:
+    """What both forward variants do before the time loop."""
+    cdef floating one = 1, zero = 0
+    memcpy(h, h0, B * U * sizeof(floating))
+    zero_padding(y, lengths, B, T, U)
+    if ws_hprev != NULL:
+        # Padded positions hold zeros whatever the caller allocated, so backward's all-steps matmuls add 0.
+        zero_padding(ws_hprev, lengths, B, T, U)
+        zero_padding(ws_gates, lengths, B, T, 3 * U)
+        if ws_vh != NULL:
+            zero_padding(ws_vh, lengths, B, T, U)
+    if max_length(lengths, B) > 0:
+        gemm(False, False, <int> (B * T), <int> (3 * U), <int> D, one, x, <int> D, W, <int> (3 * U),
+             zero, xw, <int> (3 * U))
+
+
+cdef void _forward_reset_after(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
+                               const floating* x, const floating* W, const floating* R,
+                               const floating* b_in, const floating* b_rec, const floating* h0,
+                               const int64_t* lengths, bint reverse, floating* y, floating* h,
+                               floating* ws_hprev, floating* ws_gates, floating* ws_vh,
+                               floating* xw, floating* hr) noexcept nogil:
+    # The running state lives in the output hT (= h); inactive rows are not written.
+    cdef floating one = 1, zero = 0
+    cdef Py_ssize_t s, bb, t, j, lo, hi, n_steps, G = 3 * U, pos
+    cdef bint training = ws_hprev != NULL
+    cdef const floating* u
+    cdef floating* v
+    cdef floating* hrow
+    cdef floating* yrow
+
+    _start(B, T, D, U, x, W, h0, lengths, y, h, ws_hprev, ws_gates, ws_vh, xw)
+    n_steps = max_length(lengths, B)
+    for s in range(n_steps):
+        active_rows(lengths, B, s, &lo, &hi)
+        # hr = h @ R (all three gates at once) for the block of rows holding the active ones
+        gemm(False, False, <int> (hi - lo), <int> G, <int> U, one, h + lo * U, <int> U, R, <int> G,
+             zero, hr + lo * G, <int> G)
+        for bb in range(lo, hi):
+            if lengths[bb] <= s:
+                continue
+            t = position(s, lengths[bb], reverse)
+            pos = bb * T + t
+            u = xw + pos * G
+            v = hr + bb * G
+            hrow = h + bb * U
+            yrow = y + pos * U
+            if training:
+                memcpy(ws_hprev + pos * U, hrow, U * sizeof(floating))
+            # The gate math as a few plain loops over one row, which gcc vectorizes (see fused_blas).
+            # v's row: [z, r] pre-activations, activated in place; then the h slot becomes hh.
+            for j in range(2 * U):
+                v[j] = (u[j] + b_in[j]) + (v[j] + b_rec[j])
+            sigmoid_inplace(v, 2 * U)
+            if ws_vh != NULL:
+                for j in range(U):
+                    ws_vh[pos * U + j] = v[2 * U + j] + b_rec[2 * U + j]
+            for j in range(U):
+                v[2 * U + j] = (u[2 * U + j] + b_in[2 * U + j]) + v[U + j] * (v[2 * U + j] + b_rec[2 * U + j])
+            tanh_inplace(v + 2 * U, U)
+            for j in range(U):
+                hrow[j] = v[j] * hrow[j] + (one - v[j]) * v[2 * U + j]
+            memcpy(yrow, hrow, U * sizeof(floating))
+            if training:
+                memcpy(ws_gates + pos * G, v, G * sizeof(floating))
+
+
+cdef void _forward_reset_before(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
+                                const floating* x, const floating* W, const floating* R,
+                                const floating* bias, const floating* h0,
+                                const int64_t* lengths, bint reverse, floating* y, floating* h,
+                                floating* ws_hprev, floating* ws_gates, floating* ws_vh,
+                                floating* xw, floating* hr, floating* rh) noexcept nogil:
+    # reset_after=False needs r before the h gate's matmul, so each step is: matmul (z, r columns of R),
+    # pass 1 (z, r, r * h_prev), matmul (h columns of R), pass 2 (hh, new state). The column blocks of R are
+    # addressed in place through BLAS leading dimensions: R[:, :2U] = (R, ld 3U), R[:, 2U:] = (R + 2U, ld 3U).
+    # hr's row holds [z, r, (r * h_prev) R_h] between the passes, then [z, r, hh].
+    cdef floating one = 1, zero = 0
+    cdef Py_ssize_t s, bb, t, j, lo, hi, n_steps, G = 3 * U, pos
+    cdef bint training = ws_hprev != NULL
+    cdef const floating* u
+    cdef floating* v
+    cdef floating* hrow
+    cdef floating* yrow
+
+    _start(B, T, D, U, x, W, h0, lengths, y, h, ws_hprev, ws_gates, NULL, xw)
+    if ws_vh != NULL:
+        memset(ws_vh, 0, B * T * U * sizeof(floating))  # unused here; zeros rather than whatever was there
+    n_steps = max_length(lengths, B)
+    for s in range(n_steps):
+        active_rows(lengths, B, s, &lo, &hi)
+        gemm(False, False, <int> (hi - lo), <int> (2 * U), <int> U, one, h + lo * U, <int> U, R, <int> G,
+             zero, hr + lo * G, <int> G)
+        for bb in range(lo, hi):
+            if lengths[bb] <= s:
+                continue
+            t = position(s, lengths[bb], reverse)
+            u = xw + (bb * T + t) * G
+            v = hr + bb * G
+            hrow = h + bb * U
+            # plain loops over one row, which gcc vectorizes (see fused_blas)
+            for j in range(2 * U):
+                v[j] = (u[j] + bias[j]) + v[j]
+            sigmoid_inplace(v, 2 * U)
+            for j in range(U):
+                rh[bb * U + j] = v[U + j] * hrow[j]
+        gemm(False, False, <int> (hi - lo), <int> U, <int> U, one, rh + lo * U, <int> U, R + 2 * U, <int> G,
+             zero, hr + lo * G + 2 * U, <int> G)
+        for bb in range(lo, hi):
+            if lengths[bb] <= s:
+                continue
+            t = position(s, lengths[bb], reverse)
+            pos = bb * T + t
+            u = xw + pos * G
+            v = hr + bb * G
+            hrow = h + bb * U
+            yrow = y + pos * U
+            if training:
+                memcpy(ws_hprev + pos * U, hrow, U * sizeof(floating))
+            for j in range(U):
+                v[2 * U + j] = (u[2 * U + j] + bias[2 * U + j]) + v[2 * U + j]
+            tanh_inplace(v + 2 * U, U)
+            for j in range(U):
+                hrow[j] = v[j] * hrow[j] + (one - v[j]) * v[2 * U + j]
+            memcpy(yrow, hrow, U * sizeof(floating))
+            if training:
+                memcpy(ws_gates + pos * G, v, G * sizeof(floating))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Backward
+# ---------------------------------------------------------------------------------------------------------------
+
+def gru_backward(const floating[:, :, ::1] x, const floating[:, ::1] W, const floating[:, ::1] R,
+                 const int64_t[::1] lengths, bint reverse, bint reset_after,
+                 const floating[:, :, ::1] ws_hprev, const floating[:, :, ::1] ws_gates,
+                 const floating[:, :, ::1] ws_vh, const floating[:, :, ::1] dy, const floating[:, ::1] dhT,
+                 floating[:, :, ::1] dx, floating[:, ::1] dh0, floating[:, ::1] dW, floating[:, ::1] dR,
+                 floating[::1] db_in, floating[::1] db_rec):
+    cdef Py_ssize_t B = x.shape[0], T = x.shape[1], D = x.shape[2], U = R.shape[0]
+    dtype = np.float32 if floating is float else np.float64
+    # du: gradient w.r.t. the input projection x W + b_in, every position (read by the matmuls after the
+    # loop). reset_after: dv, the same w.r.t. h_prev R + b_rec (differs from du in the h gate only);
+    # reset_after=False: r * h_prev of every position, for dR's h block. One step's gradient (dstep) and
+    # one step's product with R.T (dhr).
+    cdef floating[:, ::1] du = np.empty((B * T, 3 * U), dtype)
+    cdef floating[:, ::1] extra = np.empty((B * T, 3 * U if reset_after else U), dtype)
+    cdef floating[:, ::1] dstep = np.empty((B, 3 * U), dtype)
+    cdef floating[:, ::1] dhr = np.empty((B, U), dtype)
+    cdef floating[:, ::1] RT = np.empty((3 * U, U), dtype)
+    cdef double[::1] acc = np.empty(3 * U, np.float64)
+    with nogil:
+        if reset_after:
+            _backward_reset_after(B, T, D, U, &x[0, 0, 0], &W[0, 0], &R[0, 0], &RT[0, 0], &lengths[0], reverse,
+                                  &ws_hprev[0, 0, 0], &ws_gates[0, 0, 0], &ws_vh[0, 0, 0], &dy[0, 0, 0],
+                                  &dhT[0, 0], &dx[0, 0, 0], &dh0[0, 0], &dW[0, 0], &dR[0, 0], &db_in[0],
+                                  &db_rec[0], &du[0, 0], &extra[0, 0], &dstep[0, 0], &dhr[0, 0], &acc[0])
+        else:
+            _backward_reset_before(B, T, D, U, &x[0, 0, 0], &W[0, 0], &R[0, 0], &RT[0, 0], &lengths[0], reverse,
+                                   &ws_hprev[0, 0, 0], &ws_gates[0, 0, 0], &dy[0, 0, 0],
+                                   &dhT[0, 0], &dx[0, 0, 0], &dh0[0, 0], &dW[0, 0], &dR[0, 0], &db_in[0],
+                                   &du[0, 0], &extra[0, 0], &dstep[0, 0], &dhr[0, 0], &acc[0])
+            db_rec[:] = 0
+
+
+cdef void _backward_reset_after(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
+                                const floating* x, const floating* W, const floating* R, floating* RT,
+                                const int64_t* lengths, bint reverse,
+                                const floating* ws_hprev, const floating* ws_gates, const floating* ws_vh,
+                                const floating* dy, const floating* dhT,
+                                floating* dx, floating* dh, floating* dW, floating* dR,
+                                floating* db_in, floating* db_rec,
+                                floating* du, floating* dv, floating* dv_step, floating* dhr,
+                                double* acc) noexcept nogil:
+    # The running gradient w.r.t. the state lives in the output dh0 (= dh); inactive rows keep it.
+    cdef floating one = 1, zero = 0, z, r, hh, hp, dht, daz, dar, dah
+    cdef Py_ssize_t s, bb, t, j, lo, hi, n_steps, G = 3 * U, BT = B * T, pos
+    cdef const floating* grow
+    cdef const floating* hprow
+    cdef const floating* vhrow
+    cdef const floating* dyrow
+    cdef floating* dhrow
+    cdef floating* durow
+    cdef floating* dvrow
+
+    memcpy(dh, dhT, B * U * sizeof(floating))
+    transpose(R, U, G, RT)  # once: a few-row gemm with a plain B is much faster than with a transposed one
+    zero_padding(du, lengths, B, T, G)  # padded positions add nothing to the matmuls after the loop
+    zero_padding(dv, lengths, B, T, G)
+    n_steps = max_length(lengths, B)
+
+    for s in range(n_steps - 1, -1, -1):
+        active_rows(lengths, B, s, &lo, &hi)
+        for bb in range(lo, hi):
+            if lengths[bb] <= s:
+                continue
+            t = position(s, lengths[bb], reverse)
+            pos = bb * T + t
+            grow = ws_gates + pos * G
+            hprow = ws_hprev + pos * U
+            vhrow = ws_vh + pos * U
+            dyrow = dy + pos * U
+            dhrow = dh + bb * U
+            durow = du + pos * G
+            dvrow = dv_step + bb * G
+            for j in range(U):
+                z = grow[j]
+                r = grow[U + j]
+                hh = grow[2 * U + j]
+                hp = hprow[j]
+                dht = dhrow[j] + dyrow[j]
+                dah = dht * (one - z) * (one - hh * hh)      # w.r.t. hh's pre-activation
+                daz = dht * (hp - hh) * z * (one - z)
+                dar = dah * vhrow[j] * r * (one - r)
+                durow[j] = daz
+                durow[U + j] = dar
+                durow[2 * U + j] = dah
+                dvrow[j] = daz
+                dvrow[U + j] = dar
+                dvrow[2 * U + j] = dah * r
+                dhrow[j] = dht * z                       # the direct path; dv @ R.T is added below
+            memcpy(dv + pos * G, dvrow, G * sizeof(floating))
+        gemm(False, False, <int> (hi - lo), <int> U, <int> G, one, dv_step + lo * G, <int> G, RT, <int> U,
+             zero, dhr + lo * U, <int> U)
+        for bb in range(lo, hi):
+            if lengths[bb] > s:
+                for j in range(U):
+                    dh[bb * U + j] += dhr[bb * U + j]
+
+    # Weight and input gradients: a few large matmuls over all positions at once.
+    gemm(True, False, <int> D, <int> G, <int> BT, one, x, <int> D, du, <int> G, zero, dW, <int> G)
+    gemm(False, True, <int> BT, <int> D, <int> G, one, du, <int> G, W, <int> G, zero, dx, <int> D)
+    gemm(True, False, <int> U, <int> G, <int> BT, one, ws_hprev, <int> U, dv, <int> G, zero, dR, <int> G)
+    column_sums(du, BT, G, G, acc, db_in)
+    column_sums(dv, BT, G, G, acc, db_rec)
+
+
+cdef void _backward_reset_before(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
+                                 const floating* x, const floating* W, const floating* R, floating* RT,
+                                 const int64_t* lengths, bint reverse,
+                                 const floating* ws_hprev, const floating* ws_gates,
+                                 const floating* dy, const floating* dhT,
+                                 floating* dx, floating* dh, floating* dW, floating* dR, floating* db,
+                                 floating* du, floating* rh, floating* dstep, floating* dhr,
+                                 double* acc) noexcept nogil:
+    # Per step, mirroring the forward: pass 1 (dz, da_h, direct path), matmul d(r*h) = da_h @ R_h.T,
+    # pass 2 (da_z, da_r, reset path), matmul da_zr @ R[:, :2U].T, pass 3 (add it to dh).
+    # dstep's row holds [dz -> da_z, da_r, da_h]; dhr holds d(r*h), then da_zr @ R[:, :2U].T.
+    cdef floating one = 1, zero = 0, z, r, hh, hp, dht, drh
+    cdef Py_ssize_t s, bb, t, j, lo, hi, n_steps, G = 3 * U, BT = B * T, pos
+    cdef const floating* grow
+    cdef const floating* hprow
+    cdef const floating* dyrow
+    cdef floating* dhrow
+    cdef floating* drow
+
+    memcpy(dh, dhT, B * U * sizeof(floating))
+    transpose(R, U, G, RT)  # once: a few-row gemm with a plain B is much faster than with a transposed one
+    zero_padding(du, lengths, B, T, G)  # padded positions add nothing to the matmuls after the loop
+    n_steps = max_length(lengths, B)
+
+    for s in range(n_steps - 1, -1, -1):
+        active_rows(lengths, B, s, &lo, &hi)
+        for bb in range(lo, hi):
+            if lengths[bb] <= s:
+                continue
+            t = position(s, lengths[bb], reverse)
+            pos = bb * T + t
+            grow = ws_gates + pos * G
+            hprow = ws_hprev + pos * U
+            dyrow = dy + pos * U
+            dhrow = dh + bb * U
+            drow = dstep + bb * G
+            for j in range(U):
+                z = grow[j]
+                hh = grow[2 * U + j]
+                dht = dhrow[j] + dyrow[j]
+                drow[j] = dht * (hprow[j] - hh)                    # dz, made da_z in pass 2
+                drow[2 * U + j] = dht * (one - z) * (one - hh * hh)    # da_h
+                dhrow[j] = dht * z
+        gemm(False, False, <int> (hi - lo), <int> U, <int> U, one, dstep + lo * G + 2 * U, <int> G,
+             RT + 2 * U * U, <int> U, zero, dhr + lo * U, <int> U)
+        for bb in range(lo, hi):
+            if lengths[bb] <= s:
+                continue
+            t = position(s, lengths[bb], reverse)
+            pos = bb * T + t
+            grow = ws_gates + pos * G
+            hprow = ws_hprev + pos * U
+            dhrow = dh + bb * U
+            drow = dstep + bb * G
+            for j in range(U):
+                z = grow[j]
+                r = grow[U + j]
+                drh = dhr[bb * U + j]
+                drow[j] = drow[j] * z * (one - z)
+                drow[U + j] = drh * hprow[j] * r * (one - r)
+                dhrow[j] += drh * r
+            memcpy(du + pos * G, drow, G * sizeof(floating))
+        gemm(False, False, <int> (hi - lo), <int> U, <int> (2 * U), one, dstep + lo * G, <int> G, RT, <int> U,
+             zero, dhr + lo * U, <int> U)
+        for bb in range(lo, hi):
+            if lengths[bb] > s:
+                for j in range(U):
+                    dh[bb * U + j] += dhr[bb * U + j]
+
+    # r * h_prev of every position (zero where padded), recomputed from the workspaces for dR's h block.
+    for bb in range(B):
+        for t in range(lengths[bb]):
+            pos = bb * T + t
+            for j in range(U):
+                rh[pos * U + j] = ws_gates[pos * G + U + j] * ws_hprev[pos * U + j]
+    zero_padding(rh, lengths, B, T, U)
+
+    # Weight and input gradients: a few large matmuls over all positions at once.
+    gemm(True, False, <int> D, <int> G, <int> BT, one, x, <int> D, du, <int> G, zero, dW, <int> G)
+    gemm(False, True, <int> BT, <int> D, <int> G, one, du, <int> G, W, <int> G, zero, dx, <int> D)
+    gemm(True, False, <int> U, <int> (2 * U), <int> BT, one, ws_hprev, <int> U, du, <int> G,
+         zero, dR, <int> G)
+    gemm(True, False, <int> U, <int> U, <int> BT, one, rh, <int> U, du + 2 * U, <int> G,
+         zero, dR + 2 * U, <int> G)
+    column_sums(du, BT, G, G, acc, db)

@@ -1,0 +1,169 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""SimpleRNN forward and BPTT, Cython + BLAS, GIL released. Contract: kernels/README.md.
+
+    h_t = act(x_t W + h_{t-1} R + b),  act = tanh or relu
+"""
+import numpy as np
+
+from cython cimport floating
+from libc.stdint cimport int64_t
+from libc.string cimport memcpy
+
+from fused_blas cimport (active_rows, column_sums, gemm, max_length, position, tanh_inplace, transpose,
+                         zero_padding)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Forward
+# ---------------------------------------------------------------------------------------------------------------
+
+def simple_rnn_forward(const floating[:, :, ::1] x, const floating[:, ::1] W, const floating[:, ::1] R,
+                       const floating[::1] b, const floating[:, ::1] h0, const int64_t[::1] lengths,
+                       bint reverse, bint relu, bint training,
+                       floating[:, :, ::1] y, floating[:, ::1] hT,
+                       floating[:, :, ::1] ws_hprev, floating[:, :, ::1] ws_h):
+    cdef Py_ssize_t B = x.shape[0], T = x.shape[1], D = x.shape[2], U = R.shape[0]
+    dtype = np.float32 if floating is float else np.float64
+    # Scratch, once per call: the input projection of every step, and one step's recurrent projection.
+    cdef floating[:, ::1] xw = np.empty((B * T, U), dtype)
+    cdef floating[:, ::1] hr = np.empty((B, U), dtype)
+    cdef floating* p_hprev = NULL
+    cdef floating* p_h = NULL
+    if training:
+        p_hprev = &ws_hprev[0, 0, 0]
+        p_h = &ws_h[0, 0, 0]
+    with nogil:
+        _forward(B, T, D, U, &x[0, 0, 0], &W[0, 0], &R[0, 0], &b[0], &h0[0, 0], &lengths[0],
+                 reverse, relu, &y[0, 0, 0], &hT[0, 0], p_hprev, p_h, &xw[0, 0], &hr[0, 0])
+
+
+cdef void _forward(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
+                   const floating* x, const floating* W, const floating* R, const floating* bias,
+                   const floating* h0, const int64_t* lengths, bint reverse, bint relu,
+                   floating* y, floating* h, floating* ws_hprev, floating* ws_h,
+                   floating* xw, floating* hr) noexcept nogil:
+    # ws_hprev is NULL in inference mode. The running state lives in the output hT (= h): rows that are
+    # inactive are simply not written, so it ends as each row's state after its own last step.
+    cdef floating one = 1, zero = 0
+    cdef Py_ssize_t s, bb, t, j, lo, hi, n_steps, pos
+    cdef const floating* xrow
+    cdef floating* a
+    cdef floating* hrow
+
+    memcpy(h, h0, B * U * sizeof(floating))
+    zero_padding(y, lengths, B, T, U)
+    if ws_hprev != NULL:
+        # Padded positions hold zeros whatever the caller allocated, so backward's all-steps matmuls add 0.
+        zero_padding(ws_hprev, lengths, B, T, U)
+        zero_padding(ws_h, lengths, B, T, U)
+    n_steps = max_length(lengths, B)
+    if n_steps == 0:
+        return
+
+    gemm(False, False, <int> (B * T), <int> U, <int> D, one, x, <int> D, W, <int> U, zero, xw, <int> U)
+
+    for s in range(n_steps):
+        active_rows(lengths, B, s, &lo, &hi)
+        gemm(False, False, <int> (hi - lo), <int> U, <int> U, one, h + lo * U, <int> U, R, <int> U,
+             zero, hr + lo * U, <int> U)
+        for bb in range(lo, hi):
+            if lengths[bb] <= s:
+                continue
+            t = position(s, lengths[bb], reverse)
+            pos = bb * T + t
+            hrow = h + bb * U
+            if ws_hprev != NULL:
+                memcpy(ws_hprev + pos * U, hrow, U * sizeof(floating))
+            # plain loops over one row, which gcc vectorizes (see fused_blas)
+            a = hr + bb * U
+            xrow = xw + pos * U
+            for j in range(U):
+                a[j] += xrow[j] + bias[j]
+            if relu:
+                for j in range(U):
+                    a[j] = zero if a[j] <= zero else a[j]  # NaN is not <= 0: it propagates, like np.maximum
+            else:
+                tanh_inplace(a, U)
+            memcpy(hrow, a, U * sizeof(floating))
+            memcpy(y + pos * U, a, U * sizeof(floating))
+            if ws_hprev != NULL:
+                memcpy(ws_h + pos * U, a, U * sizeof(floating))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Backward
+# ---------------------------------------------------------------------------------------------------------------
+
+def simple_rnn_backward(const floating[:, :, ::1] x, const floating[:, ::1] W, const floating[:, ::1] R,
+                        const int64_t[::1] lengths, bint reverse, bint relu,
+                        const floating[:, :, ::1] ws_hprev, const floating[:, :, ::1] ws_h,
+                        const floating[:, :, ::1] dy, const floating[:, ::1] dhT,
+                        floating[:, :, ::1] dx, floating[:, ::1] dh0, floating[:, ::1] dW,
+                        floating[:, ::1] dR, floating[::1] db):
+    cdef Py_ssize_t B = x.shape[0], T = x.shape[1], D = x.shape[2], U = R.shape[0]
+    dtype = np.float32 if floating is float else np.float64
+    # da of every position (the matmuls after the loop read it), one step's da, and one step's da @ R.T.
+    cdef floating[:, ::1] da = np.empty((B * T, U), dtype)
+    cdef floating[:, ::1] da_step = np.empty((B, U), dtype)
+    cdef floating[:, ::1] dhr = np.empty((B, U), dtype)
+    cdef floating[:, ::1] RT = np.empty((U, U), dtype)
+    cdef double[::1] acc = np.empty(U, np.float64)
+    with nogil:
+        _backward(B, T, D, U, &x[0, 0, 0], &W[0, 0], &R[0, 0], &RT[0, 0], &lengths[0], reverse, relu,
+                  &ws_hprev[0, 0, 0], &ws_h[0, 0, 0], &dy[0, 0, 0], &dhT[0, 0],
+                  &dx[0, 0, 0], &dh0[0, 0], &dW[0, 0], &dR[0, 0], &db[0],
+                  &da[0, 0], &da_step[0, 0], &dhr[0, 0], &acc[0])
+
+
+cdef void _backward(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
+                    const floating* x, const floating* W, const floating* R, floating* RT,
+                    const int64_t* lengths,
+                    bint reverse, bint relu, const floating* ws_hprev, const floating* ws_h,
+                    const floating* dy, const floating* dhT,
+                    floating* dx, floating* dh, floating* dW, floating* dR, floating* db,
+                    floating* da, floating* da_step, floating* dhr, double* acc) noexcept nogil:
+    # The running gradient w.r.t. the state lives in the output dh0 (= dh); inactive rows keep it.
+    cdef floating one = 1, zero = 0, g, hv
+    cdef Py_ssize_t s, bb, t, j, lo, hi, n_steps, BT = B * T
+    cdef const floating* hnew
+    cdef const floating* dyrow
+    cdef floating* dhrow
+    cdef floating* darow
+
+    memcpy(dh, dhT, B * U * sizeof(floating))
+    # R.T, copied once: OpenBLAS's few-row gemm with a transposed B is much slower than with a plain one,
+    # and this matmul runs every step.
+    transpose(R, U, U, RT)
+    zero_padding(da, lengths, B, T, U)  # padded positions add nothing to the matmuls after the loop
+    n_steps = max_length(lengths, B)
+
+    for s in range(n_steps - 1, -1, -1):
+        active_rows(lengths, B, s, &lo, &hi)
+        for bb in range(lo, hi):
+            if lengths[bb] <= s:
+                continue
+            t = position(s, lengths[bb], reverse)
+            hnew = ws_h + (bb * T + t) * U
+            dyrow = dy + (bb * T + t) * U
+            dhrow = dh + bb * U
+            darow = da_step + bb * U
+            for j in range(U):
+                g = dhrow[j] + dyrow[j]
+                hv = hnew[j]
+                if relu:
+                    darow[j] = g * (one if hv > zero else zero)  # g * 0, not 0: a NaN gradient stays NaN
+                else:
+                    darow[j] = g * (one - hv * hv)
+            memcpy(da + (bb * T + t) * U, darow, U * sizeof(floating))
+        # dh_prev = da @ R.T for the block of rows, then kept for the active ones only
+        gemm(False, False, <int> (hi - lo), <int> U, <int> U, one, da_step + lo * U, <int> U, RT, <int> U,
+             zero, dhr + lo * U, <int> U)
+        for bb in range(lo, hi):
+            if lengths[bb] > s:
+                memcpy(dh + bb * U, dhr + bb * U, U * sizeof(floating))
+
+    # Weight and input gradients: a few large matmuls over all positions at once.
+    gemm(True, False, <int> D, <int> U, <int> BT, one, x, <int> D, da, <int> U, zero, dW, <int> U)
+    gemm(False, True, <int> BT, <int> D, <int> U, one, da, <int> U, W, <int> U, zero, dx, <int> D)
+    gemm(True, False, <int> U, <int> U, <int> BT, one, ws_hprev, <int> U, da, <int> U, zero, dR, <int> U)
+    column_sums(da, BT, U, U, acc, db)
