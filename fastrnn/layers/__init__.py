@@ -1,4 +1,11 @@
-"""Keras-style layers. Each module holds one family: recurrent (SimpleRNN, LSTM, GRU), ..."""
+"""Keras-style layers, one family per module: base (the Layer protocol), recurrent (SimpleRNN, LSTM, GRU),
+core (Input, Dense, Embedding, Dropout, Activation, Flatten), wrappers (Bidirectional) and cells (PyTorch-style
+RNNCell, LSTMCell, GRUCell)."""
+from .base import Layer
+from .cells import GRUCell, LSTMCell, RNNCell
+from .core import Activation, Dense, Dropout, Embedding, Flatten, Input
 from .recurrent import GRU, LSTM, RecurrentLayer, SimpleRNN
+from .wrappers import Bidirectional
 
-__all__ = ["SimpleRNN", "LSTM", "GRU", "RecurrentLayer"]
+__all__ = ["Layer", "SimpleRNN", "LSTM", "GRU", "RecurrentLayer", "Input", "Dense", "Embedding", "Dropout",
+           "Activation", "Flatten", "Bidirectional", "RNNCell", "LSTMCell", "GRUCell"]

@@ -6,40 +6,75 @@ shape, checks its arguments and calls fastrnn.ops. It has no time loop of its ow
     layer = fastrnn.LSTM(64, return_sequences=True, return_state=True)
     y, h, c = layer(x)                         # x: (batch, timesteps, features)
     layer.set_weights(keras_layer.get_weights())
+
+Training: `forward(x, mask, training=True)` keeps the kernel's tape; `backward(dy, d_states)` maps the gradient of
+the Keras-formatted output back to the kernel's input-aligned outputs and final states, runs ops.rnn_backward and
+returns dx (the weight gradients go to `grads`, those of the initial states to `d_initial_states`).
+
+stateful=True (Keras): the final states of a call are the initial states of the next one (same, fixed batch size);
+`reset_states()` zeros them. Gradients stop at call boundaries (truncated BPTT).
 """
+import numbers
+
 import numpy as np
 
 from .. import _checks, initializers, ops
+from .base import Layer
 
 
-class RecurrentLayer:
+def _seed(seed):
+    if seed is None:
+        return None
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be a non-negative integer or None; got {seed!r}")
+    if seed < 0:
+        raise ValueError(f"seed must be a non-negative integer or None; got {seed}")
+    return int(seed)
+
+
+class RecurrentLayer(Layer):
     """What SimpleRNN, LSTM and GRU share. Subclasses set `cell` and may add options."""
     cell = None
 
     def __init__(self, units, use_bias=True, kernel_initializer="glorot_uniform",
                  recurrent_initializer="orthogonal", bias_initializer="zeros", return_sequences=False,
                  return_state=False, go_backwards=False, zero_output_for_mask=False, dtype="float32",
-                 backend="auto", seed=None, name=None):
+                 backend="auto", seed=None, name=None, stateful=False, input_shape=None, batch_input_shape=None,
+                 trainable=True):
         self.units = _checks.positive_int("units", units)
         self.use_bias = _checks.boolean("use_bias", use_bias)
         self.return_sequences = _checks.boolean("return_sequences", return_sequences)
         self.return_state = _checks.boolean("return_state", return_state)
         self.go_backwards = _checks.boolean("go_backwards", go_backwards)
         self.zero_output_for_mask = _checks.boolean("zero_output_for_mask", zero_output_for_mask)
+        self.stateful = _checks.boolean("stateful", stateful)
         self.dtype = _checks.float_dtype(dtype, "dtype")
         self.backend = _checks.choice("backend", backend, ops.BACKENDS)
+        self._initializer_args = (kernel_initializer, recurrent_initializer, bias_initializer)
         self.kernel_initializer = initializers.get(kernel_initializer, "kernel_initializer")
         self.recurrent_initializer = initializers.get(recurrent_initializer, "recurrent_initializer")
         self.bias_initializer = initializers.get(bias_initializer, "bias_initializer")
-        self.seed = seed
-        self.name = name or type(self).__name__.lower()
-        self.built = False
+        self.seed = _seed(seed)
+        super().__init__(name=name, dtype=dtype, input_shape=input_shape, batch_input_shape=batch_input_shape,
+                         trainable=trainable)
+        if self.batch_input_shape is not None and len(self.batch_input_shape) != 3:
+            raise ValueError(f"{self.name}: batch_input_shape must be (batch, timesteps, features); "
+                             f"got {self.batch_input_shape}")
         self.input_dim = None
         self.kernel = self.recurrent_kernel = self.bias = None
         self.backend_used = None  # the backend that ran the last call
+        self.d_initial_states = None  # gradients of the last backward with respect to the initial states
+        self._tape = None
+        # stateful: the batch size is fixed by batch_input_shape or by the first call
+        self._batch_size = self.batch_input_shape[0] if (self.stateful and self.batch_input_shape) else None
+        self.states = None
 
     # -- what subclasses vary ------------------------------------------------------------------------------------
     gates = 1
+
+    @property
+    def n_states(self):
+        return ops.N_STATES[self.cell]
 
     def _bias_shape(self):
         return (self.gates * self.units,)
@@ -67,51 +102,38 @@ class RecurrentLayer:
         self.bias = np.ascontiguousarray(self._init_bias(rng), self.dtype) if self.use_bias else None
         self.built = True
 
-    def _weight_shapes(self):
-        shapes = [(self.input_dim, self.gates * self.units), (self.units, self.gates * self.units)]
+    def _weight_names(self):
+        return ["kernel", "recurrent_kernel"] + (["bias"] if self.use_bias else [])
+
+    def _weight_shapes(self, input_shape=None):
+        input_dim = self.input_dim if input_shape is None else input_shape[-1]
+        shapes = [(input_dim, self.gates * self.units), (self.units, self.gates * self.units)]
         if self.use_bias:
             shapes.append(self._bias_shape())
         return shapes
 
-    @property
-    def weights(self):
-        """The live parameter arrays in Keras order: kernel, recurrent_kernel[, bias]."""
-        if not self.built:
-            return []
-        return [self.kernel, self.recurrent_kernel] + ([self.bias] if self.use_bias else [])
+    def _input_shape_from_weights(self, arrays):
+        if arrays[0].ndim != 2:
+            raise ValueError(f"{self.name}: kernel must have shape (input_dim, {self.gates}*units="
+                             f"{self.gates * self.units}); got shape {arrays[0].shape}")
+        return (None, None, _checks.positive_int("kernel.shape[0] (input_dim)", arrays[0].shape[0]))
 
-    def get_weights(self):
-        """Copies of the parameters, in the Keras layout: [kernel, recurrent_kernel, bias]."""
-        return [w.copy() for w in self.weights]
+    # -- shapes and masks ----------------------------------------------------------------------------------------
+    def compute_output_shape(self, input_shape):
+        """(batch, timesteps, units) with return_sequences, else (batch, units); with return_state a list
+        [output shape, state shapes...]."""
+        input_shape = tuple(input_shape)
+        if len(input_shape) != 3:
+            raise ValueError(f"{self.name}: input_shape must be (batch, timesteps, features); got {input_shape}")
+        B, T = input_shape[0], input_shape[1]
+        out = (B, T, self.units) if self.return_sequences else (B, self.units)
+        if self.return_state:
+            return [out] + [(B, self.units)] * self.n_states
+        return out
 
-    def set_weights(self, weights):
-        """Load parameters in the Keras layout (a Keras layer's get_weights() loads unchanged).
-
-        An unbuilt layer is built from the kernel's shape.
-        """
-        if not isinstance(weights, (list, tuple)):
-            raise TypeError(f"{self.name}: weights must be a list of arrays; got {type(weights).__name__}")
-        n = 3 if self.use_bias else 2
-        if len(weights) != n:
-            raise ValueError(f"{self.name}: set_weights needs {n} arrays [kernel, recurrent_kernel"
-                             f"{', bias' if self.use_bias else ''}]; got {len(weights)}")
-        arrays = [_checks.as_array(label, w, self.dtype, check_finite=False)
-                  for label, w in zip(("kernel", "recurrent_kernel", "bias"), weights)]
-        if not self.built:
-            if arrays[0].ndim != 2:
-                raise ValueError(f"{self.name}: kernel must have shape (input_dim, {self.gates}*units="
-                                 f"{self.gates * self.units}); got shape {arrays[0].shape}")
-            self.input_dim = _checks.positive_int("kernel.shape[0] (input_dim)", arrays[0].shape[0])
-        for label, arr, shape in zip(("kernel", "recurrent_kernel", "bias"), arrays, self._weight_shapes()):
-            _checks.check_shape(f"{self.name}: {label}", arr, shape, str(shape))
-        self.kernel, self.recurrent_kernel = arrays[0].copy(), arrays[1].copy()
-        self.bias = arrays[2].copy() if self.use_bias else None
-        self.built = True
-
-    def count_params(self):
-        if not self.built:
-            raise ValueError(f"{self.name}: count_params needs a built layer; call it on data or build(input_shape)")
-        return int(sum(int(np.prod(s)) for s in self._weight_shapes()))
+    def compute_mask(self, mask):
+        """Keras: the mask passes on only with return_sequences (unchanged, even with go_backwards)."""
+        return mask if self.return_sequences else None
 
     # -- call ----------------------------------------------------------------------------------------------------
     def __call__(self, x, initial_state=None, mask=None, lengths=None, training=False):
@@ -120,7 +142,18 @@ class RecurrentLayer:
         initial_state: h0, or [h0] / [h0, c0] for LSTM.  mask: a (batch, timesteps) right-padded boolean mask,
         or lengths: (batch,) ints.  Returns the output ((batch, timesteps, units) with return_sequences, else
         (batch, units)); with return_state, a list [output, h] (LSTM: [output, h, c]).
+        training=True keeps what backward needs.
         """
+        return self._run(x, initial_state, mask, lengths, training)
+
+    def forward(self, x, mask=None, training=False, initial_state=None, lengths=None):
+        """The Layer protocol's forward: the same as calling the layer."""
+        return self._run(x, initial_state, mask, lengths, training)
+
+    def _run(self, x, initial_state, mask, lengths, training, flip_time=False):
+        """flip_time=True returns sequences reversed in time relative to Keras' format (Bidirectional's backward
+        half: with go_backwards that is the kernel's input-aligned output, no flip at all)."""
+        training = _checks.boolean("training", training)
         x = _checks.as_array("x", x, self.dtype, check_finite=False)  # ops checks finiteness
         _checks.check_rank("x", x, 3, "(batch, timesteps, features)")
         if not self.built:
@@ -132,24 +165,34 @@ class RecurrentLayer:
         if mask is not None and lengths is not None:
             raise ValueError(f"{self.name}: pass mask or lengths, not both")
         lens = _checks.mask_to_lengths(mask, B, T) if mask is not None else _checks.as_lengths(lengths, B, T)
+        if self.stateful:
+            if self._batch_size is not None and B != self._batch_size:
+                raise ValueError(f"{self.name}: a stateful layer has a fixed batch size of {self._batch_size} "
+                                 f"(from batch_input_shape or its first call); got x of shape {x.shape}")
+            if initial_state is None:
+                initial_state = self.states
 
         out = ops.rnn_forward(self.cell, x, self.weights, initial_state, lens, reverse=self.go_backwards,
-                              backend=self.backend, dtype=self.dtype, **self._options())
+                              training=training, backend=self.backend, dtype=self.dtype, **self._options())
         self.backend_used = out.backend
-        return self._format(out, lens)
+        if self.stateful:
+            self._batch_size = B
+            self.states = [s.copy() for s in out.states]
+        self._tape = (out, lens, flip_time) if training else None
+        return self._format(out, lens, flip_time)
 
-    def _format(self, out, lens):
+    def _format(self, out, lens, flip_time=False):
         """Keras conventions for the kernel's input-aligned outputs."""
         y, states = out.outputs, out.states
         B, T = y.shape[:2]
         if self.return_sequences:
-            if self.go_backwards:
-                y = y[:, ::-1]  # Keras: output step s is processing step s over the flipped sequence
-            elif lens is not None and not self.zero_output_for_mask:
+            if not self.go_backwards and lens is not None and not self.zero_output_for_mask:
                 # Keras carries the last valid output over masked steps (zeros before the first valid one)
                 padded = np.arange(T)[None, :] >= lens[:, None]
                 carry = np.where(lens[:, None] > 0, states[0], 0)
                 y = np.where(padded[:, :, None], carry[:, None, :], y)
+            if self.go_backwards != flip_time:
+                y = y[:, ::-1]  # Keras go_backwards: output step s is processing step s over the flipped sequence
             output = np.ascontiguousarray(y)
         else:
             output = states[0].copy()
@@ -162,6 +205,103 @@ class RecurrentLayer:
         if self.return_state:
             return [output, *states]
         return output
+
+    # -- backward ------------------------------------------------------------------------------------------------
+    def backward(self, dy, d_states=None):
+        """Gradients for the last forward(training=True).
+
+        dy: gradient of the output (None for zeros); with return_state it may also be the list
+        [d_output, d_h (, d_c)] matching the returned list. d_states: gradients of the returned final states
+        (list, entries may be None). Returns dx (batch, timesteps, features); fills `grads` (kernel,
+        recurrent_kernel[, bias]) and `d_initial_states`.
+        """
+        if self._tape is None:
+            raise self._no_tape()
+        out, lens, flip_time = self._tape
+        n = self.n_states
+        if self.return_state and isinstance(dy, (list, tuple)):
+            if d_states is not None:
+                raise ValueError(f"{self.name}: pass the state gradients in dy's list or as d_states, not both")
+            if len(dy) != 1 + n:
+                raise ValueError(f"{self.name}: dy must be [d_output] + {n} state gradient(s) like the output "
+                                 f"list; got a list of {len(dy)}")
+            dy, d_states = dy[0], list(dy[1:])
+        B, T, U = out.outputs.shape
+        if d_states is None:
+            d_states = [None] * n
+        elif isinstance(d_states, np.ndarray) or not isinstance(d_states, (list, tuple)):
+            d_states = [d_states]
+        if len(d_states) != n:
+            raise ValueError(f"{self.name}: d_states must hold {n} array(s); got {len(d_states)}")
+        ds = []
+        for k, g in enumerate(d_states):
+            if g is None:
+                ds.append(np.zeros((B, U), self.dtype))
+            else:
+                g = _checks.as_array(f"d_states[{k}]", g, self.dtype)
+                _checks.check_shape(f"{self.name}: d_states[{k}]", g, (B, U), f"(batch={B}, units={U})")
+                ds.append(g.copy())
+
+        d_outputs = None
+        if dy is not None:
+            dy = self._as_output_grad(dy, (B, T, U) if self.return_sequences else (B, U))
+            if self.return_sequences:
+                d = dy[:, ::-1] if self.go_backwards != flip_time else dy
+                if not self.go_backwards and lens is not None and not self.zero_output_for_mask:
+                    # padded steps carried the final output h_T (rows with a valid step): their gradient goes there
+                    padded = np.arange(T)[None, :] >= lens[:, None]
+                    carried = padded & (lens[:, None] > 0)
+                    ds[0] += (d * carried[:, :, None]).sum(axis=1)
+                d_outputs = d  # the kernel ignores entries at padded positions
+            else:
+                g = dy.copy()
+                if lens is not None:
+                    g[lens == 0] = 0
+                    if self.zero_output_for_mask and not self.go_backwards:
+                        g[lens < T] = 0
+                ds[0] += g
+        grads = ops.rnn_backward(out, d_outputs, ds)
+        self._grads = list(grads.d_weights)
+        self.d_initial_states = tuple(grads.d_initial_states)
+        return grads.dx
+
+    # -- stateful ------------------------------------------------------------------------------------------------
+    def reset_states(self, states=None):
+        """Stateful layers: zero the states (states=None), or set them to `states` (h, or [h] / [h, c])."""
+        if not self.stateful:
+            raise ValueError(f"{self.name}: reset_states needs a stateful layer (stateful=True)")
+        n = self.n_states
+        if states is None:
+            self.states = (None if self._batch_size is None else
+                           [np.zeros((self._batch_size, self.units), self.dtype) for _ in range(n)])
+            return
+        if isinstance(states, np.ndarray) or not isinstance(states, (list, tuple)):
+            states = [states]
+        if len(states) != n:
+            raise ValueError(f"{self.name}: states must hold {n} array(s) {'[h, c]' if n == 2 else '[h]'}; "
+                             f"got {len(states)}")
+        arrays = []
+        for label, s in zip(("states h", "states c"), states):
+            s = _checks.as_array(label, s, self.dtype)
+            _checks.check_rank(label, s, 2, "(batch, units)")
+            B = self._batch_size if self._batch_size is not None else s.shape[0]
+            _checks.check_shape(f"{self.name}: {label}", s, (B, self.units), f"(batch={B}, units={self.units})")
+            arrays.append(s.copy())
+        self._batch_size = arrays[0].shape[0]
+        self.states = arrays
+
+    reset_state = reset_states  # Keras 3 name
+
+    # -- config --------------------------------------------------------------------------------------------------
+    def get_config(self):
+        kernel_init, recurrent_init, bias_init = self._initializer_args
+        config = super().get_config()
+        config.update(units=self.units, use_bias=self.use_bias, kernel_initializer=kernel_init,
+                      recurrent_initializer=recurrent_init, bias_initializer=bias_init,
+                      return_sequences=self.return_sequences, return_state=self.return_state,
+                      go_backwards=self.go_backwards, zero_output_for_mask=self.zero_output_for_mask,
+                      backend=self.backend, seed=self.seed, stateful=self.stateful)
+        return config
 
     def __repr__(self):
         return f"{type(self).__name__}(units={self.units}, name={self.name!r})"
@@ -178,6 +318,9 @@ class SimpleRNN(RecurrentLayer):
 
     def _options(self):
         return {"activation": self.activation}
+
+    def get_config(self):
+        return dict(super().get_config(), activation=self.activation)
 
 
 class LSTM(RecurrentLayer):
@@ -199,6 +342,9 @@ class LSTM(RecurrentLayer):
         return np.concatenate([self.bias_initializer((u,), self.dtype, rng), np.ones(u, self.dtype),
                                self.bias_initializer((2 * u,), self.dtype, rng)])
 
+    def get_config(self):
+        return dict(super().get_config(), unit_forget_bias=self.unit_forget_bias)
+
 
 class GRU(RecurrentLayer):
     """Gated recurrent unit, Keras gate order z, r, h. reset_after=True (Keras default, = PyTorch and
@@ -217,3 +363,6 @@ class GRU(RecurrentLayer):
 
     def _options(self):
         return {"reset_after": self.reset_after}
+
+    def get_config(self):
+        return dict(super().get_config(), reset_after=self.reset_after)
