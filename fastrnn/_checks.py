@@ -39,6 +39,8 @@ def as_array(name, value, dtype, check_finite=True):
         raise TypeError(f"{name} must be a real numeric array (bool, int or float); got dtype {arr.dtype}")
     with np.errstate(over="ignore"):  # a float64 beyond float32's range is reported below, by name
         converted = arr.astype(dtype, order="C", copy=False)  # keeps 0-d arrays 0-d (ascontiguousarray would not)
+    if not converted.flags.aligned:  # e.g. np.frombuffer at an odd offset; compiled kernels need aligned data
+        converted = converted.copy()
     if check_finite and converted.size and not np.isfinite(converted).all():
         if arr.dtype.kind == "f" and np.isfinite(arr).all():
             raise ValueError(f"{name} has values beyond the range of {np.dtype(dtype)} (largest magnitude "
@@ -71,7 +73,7 @@ def as_lengths(lengths, batch, timesteps):
         raise ValueError(f"lengths must have shape (batch={batch},); got shape {arr.shape}")
     if arr.size and (arr.min() < 0 or arr.max() > timesteps):
         raise ValueError(f"lengths must be in [0, timesteps={timesteps}]; got values from {arr.min()} to {arr.max()}")
-    return np.ascontiguousarray(arr, dtype=np.int64)
+    return np.require(arr, np.int64, ["C", "A"])
 
 
 def mask_to_lengths(mask, batch, timesteps):

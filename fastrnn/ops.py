@@ -15,6 +15,9 @@ import threading
 from dataclasses import dataclass, field
 
 import numpy as np
+# Load SciPy's BLAS now, not lazily with the first kernel: threadpoolctl can only limit the BLAS pools that are
+# already loaded, so a `threadpool_limits(1)` around the first call would otherwise miss the kernels' BLAS.
+import scipy.linalg.cython_blas  # noqa: F401
 
 from . import _checks, reference
 
