@@ -9,7 +9,7 @@ The functional API is fastrnn.ops (rnn_forward / rnn_backward); fastrnn.referenc
 from . import initializers, ops, reference
 from . import layers
 from .layers import (GRU, LSTM, Activation, Bidirectional, Dense, Dropout, Embedding, Flatten, GRUCell, Input, Layer,
-                     LSTMCell, RecurrentLayer, RNNCell, SimpleRNN)
+                     LSTMCell, RecurrentLayer, RepeatVector, RNNCell, SimpleRNN)
 from . import losses, metrics, optimizers
 from .models import Sequential
 from .ops import available_backends, rnn_backward, rnn_forward
@@ -17,7 +17,7 @@ from .ops import available_backends, rnn_backward, rnn_forward
 __version__ = "0.1.0"
 __all__ = [
     "SimpleRNN", "LSTM", "GRU", "RecurrentLayer", "RNNCell", "LSTMCell", "GRUCell",
-    "Layer", "Input", "Dense", "Embedding", "Dropout", "Activation", "Flatten", "Bidirectional",
+    "Layer", "Input", "Dense", "Embedding", "Dropout", "Activation", "Flatten", "RepeatVector", "Bidirectional",
     "Sequential", "losses", "metrics", "optimizers",
     "rnn_forward", "rnn_backward", "available_backends", "ops", "reference", "initializers", "layers",
 ]

@@ -1,4 +1,4 @@
-"""Keras-style core layers: Input (a spec), Dense, Embedding, Dropout, Activation, Flatten.
+"""Keras-style core layers: Input (a spec), Dense, Embedding, Dropout, Activation, Flatten, RepeatVector.
 
     model_layers = [fastrnn.Input((None,), dtype="int32"),
                     fastrnn.Embedding(1000, 32, mask_zero=True),    # mask = x != 0 -> the LSTM's lengths
@@ -6,7 +6,8 @@
 
 Dense works on the last axis ((batch, features) and (batch, timesteps, features)) and passes the mask on; so do
 Dropout and Activation. Embedding starts a mask with mask_zero=True; its backward scatters the output gradient
-into the embedding gradient and returns None (indices are not differentiable).
+into the embedding gradient and returns None (indices are not differentiable). RepeatVector(n) turns (batch,
+features) into (batch, n, features): the bridge from a many-to-one encoder to a sequence decoder (seq2seq).
 """
 import numbers
 
@@ -358,4 +359,52 @@ class Flatten(Layer):
         return dy.reshape(self._shape)
 
 
-__all__ = ["Input", "Dense", "Embedding", "Dropout", "Activation", "Flatten"]
+class RepeatVector(Layer):
+    """(batch, features) -> (batch, n, features): the input repeated n times along a new time axis (Keras).
+
+    The encoder-decoder bridge: `LSTM(64)` (the encoding) -> `RepeatVector(T)` -> `LSTM(64, return_sequences=True)`.
+    Backward sums the output gradient over the n copies. No parameters; the mask stops here, as in Keras.
+    """
+
+    def __init__(self, n, name=None, dtype="float32", input_shape=None, batch_input_shape=None, trainable=True):
+        self.n = _checks.positive_int("n", n)
+        super().__init__(name=name or "repeat_vector", dtype=dtype, input_shape=input_shape,
+                         batch_input_shape=batch_input_shape, trainable=trainable)
+        if self.batch_input_shape is not None and len(self.batch_input_shape) != 2:
+            raise ValueError(f"{self.name}: batch_input_shape must be (batch, features); got {self.batch_input_shape}")
+        self.built = True
+        self._shape = None
+
+    def compute_output_shape(self, input_shape):
+        input_shape = tuple(input_shape)
+        if len(input_shape) != 2:
+            raise ValueError(f"{self.name}: input_shape must be (batch, features); got {input_shape}")
+        return (input_shape[0], self.n, input_shape[1])
+
+    def compute_mask(self, mask):
+        return None
+
+    def forward(self, x, mask=None, training=False):
+        training = _checks.boolean("training", training)
+        x = self._as_float_input(x, 2, "(batch, features)")
+        if x.ndim != 2:
+            raise ValueError(f"{self.name}: x must have shape (batch, features) (2-D); got shape {x.shape} "
+                             f"({x.ndim}-D)")
+        self._shape = x.shape if training else None
+        return np.ascontiguousarray(np.broadcast_to(x[:, None, :], (x.shape[0], self.n, x.shape[1])))
+
+    def backward(self, dy):
+        if self._shape is None:
+            raise self._no_tape()
+        B, F = self._shape
+        dy = self._as_output_grad(dy, (B, self.n, F))
+        return dy.sum(axis=1)
+
+    def get_config(self):
+        return dict(super().get_config(), n=self.n)
+
+    def __repr__(self):
+        return f"RepeatVector(n={self.n}, name={self.name!r})"
+
+
+__all__ = ["Input", "Dense", "Embedding", "Dropout", "Activation", "Flatten", "RepeatVector"]
