@@ -403,7 +403,7 @@ def set_weights_cases():
         ("gru-rb-bias", lambda: fastrnn.GRU(U, reset_after=False), [np.zeros((D, 12)), np.zeros((U, 12)), np.zeros((2, 12))],
          ValueError, esc("gru: bias must have shape (12,); got shape (2, 12)")),
         ("rnn-recurrent", lambda: fastrnn.SimpleRNN(U), [np.zeros((D, U)), np.zeros((U, U + 1)), np.zeros(U)], ValueError,
-         esc("simplernn: recurrent_kernel must have shape (4, 4); got shape (4, 5)")),
+         esc("simple_rnn: recurrent_kernel must have shape (4, 4); got shape (4, 5)")),
         ("kernel-str", built_lstm, [np.full(W.shape, "w"), R, b], TypeError, "kernel must be a real numeric array"),
         ("bias-complex", built_lstm, [W, R, b + 0j], TypeError, "bias must be a real numeric array .*complex64"),
     ]

@@ -121,7 +121,7 @@ def test_trainable_flag_and_names():
     layer = fastrnn.Dense(2, trainable=False, name="head")
     layer.build((None, 3))
     assert layer.name == "head" and layer.trainable_weights == [] and len(layer.weights) == 2
-    assert fastrnn.Embedding(3, 2).name == "embedding" and fastrnn.SimpleRNN(2).name == "simplernn"
+    assert fastrnn.Embedding(3, 2).name == "embedding" and fastrnn.SimpleRNN(2).name == "simple_rnn"
 
 
 def test_get_config_round_trip():

@@ -14,6 +14,8 @@ valid. `backward` overwrites `grads` (it never accumulates). Layers never modify
 """
 import numbers
 
+import re
+
 import numpy as np
 
 from .. import _checks
@@ -60,7 +62,7 @@ class Layer:
     def __init__(self, name=None, dtype="float32", input_shape=None, batch_input_shape=None, trainable=True):
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a string or None; got {name!r}")
-        self.name = name or type(self).__name__.lower()
+        self.name = name or _snake_case(type(self).__name__)
         self.dtype = _checks.float_dtype(dtype, "dtype")
         self.trainable = _checks.boolean("trainable", trainable)
         self.batch_input_shape = batch_shape(input_shape, batch_input_shape)
@@ -190,3 +192,8 @@ class Layer:
 
     def __repr__(self):
         return f"{type(self).__name__}(name={self.name!r})"
+
+
+def _snake_case(class_name):
+    """Keras' default layer names: SimpleRNN -> simple_rnn, RepeatVector -> repeat_vector, LSTM -> lstm."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", class_name).lower()
