@@ -219,8 +219,11 @@ def _weights_dtype(weights, dtype):
     if dtype is not None:
         return _checks.float_dtype(dtype)
     kernel_dtype = getattr(weights[0], "dtype", None) if weights else None
-    if kernel_dtype is not None and np.dtype(kernel_dtype) in _checks.FLOAT_DTYPES:
-        return np.dtype(kernel_dtype)
+    if kernel_dtype is not None and np.dtype(kernel_dtype).kind == "f":
+        # A byte-swapped kernel ('>f8' on this machine) is float64 all the same: it must not silently drop to float32.
+        native = np.dtype(kernel_dtype).newbyteorder("=")
+        if native in _checks.FLOAT_DTYPES:
+            return native
     return np.dtype(np.float32)
 
 

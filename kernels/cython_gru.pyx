@@ -12,8 +12,8 @@ from cython cimport floating
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy, memset
 
-from fused_blas cimport (active_rows, column_sums, gemm, max_length, position, sigmoid_inplace,
-                         tanh_inplace, transpose, zero_padding)
+from fused_blas cimport (active_inputs, active_rows, column_sums, flush_denormals, gemm, has_padding, max_length,
+                         position, restore_fp_mode, sigmoid_inplace, tanh_inplace, transpose, zero_padding)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -40,7 +40,9 @@ def gru_forward(const floating[:, :, ::1] x, const floating[:, ::1] W, const flo
         # reset_after=False does not use ws_vh: left alone (NULL) unless it has its full size, then zeroed
         if ws_vh.shape[0] * ws_vh.shape[1] * ws_vh.shape[2] == B * T * U:
             ws[2] = &ws_vh[0, 0, 0]
+    cdef unsigned int fp_mode
     with nogil:
+        fp_mode = flush_denormals()  # fused_blas, "Denormals"
         if reset_after:
             _forward_reset_after(B, T, D, U, &x[0, 0, 0], &W[0, 0], &R[0, 0], &b_in[0], &b_rec[0], &h0[0, 0],
                                  &lengths[0], reverse, &y[0, 0, 0], &hT[0, 0], ws[0], ws[1], ws[2],
@@ -49,6 +51,7 @@ def gru_forward(const floating[:, :, ::1] x, const floating[:, ::1] W, const flo
             _forward_reset_before(B, T, D, U, &x[0, 0, 0], &W[0, 0], &R[0, 0], &b_in[0], &h0[0, 0],
                                   &lengths[0], reverse, &y[0, 0, 0], &hT[0, 0], ws[0], ws[1], ws[2],
                                   &xw[0, 0], &hr[0, 0], &rh[0, 0])
+        restore_fp_mode(fp_mode)
 
 
 cdef void _start(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U, const floating* x, const floating* W,
@@ -204,18 +207,28 @@ def gru_backward(const floating[:, :, ::1] x, const floating[:, ::1] W, const fl
     cdef floating[:, ::1] dhr = np.empty((B, U), dtype)
     cdef floating[:, ::1] RT = np.empty((3 * U, U), dtype)
     cdef double[::1] acc = np.empty(3 * U, np.float64)
+    # x with zeros at padded positions for dW (fused_blas.active_inputs), only when some row is padded
+    cdef bint padded = has_padding(&lengths[0], B, T)
+    cdef floating[:, :, ::1] x_active = np.empty((B if padded else 1, T if padded else 1, D if padded else 1),
+                                                 dtype)
+    cdef const floating* xa
+    cdef unsigned int fp_mode
     with nogil:
+        fp_mode = flush_denormals()
+        xa = active_inputs(&x[0, 0, 0], &lengths[0], B, T, D, &x_active[0, 0, 0] if padded else NULL)
         if reset_after:
-            _backward_reset_after(B, T, D, U, &x[0, 0, 0], &W[0, 0], &R[0, 0], &RT[0, 0], &lengths[0], reverse,
+            _backward_reset_after(B, T, D, U, xa, &W[0, 0], &R[0, 0], &RT[0, 0], &lengths[0], reverse,
                                   &ws_hprev[0, 0, 0], &ws_gates[0, 0, 0], &ws_vh[0, 0, 0], &dy[0, 0, 0],
                                   &dhT[0, 0], &dx[0, 0, 0], &dh0[0, 0], &dW[0, 0], &dR[0, 0], &db_in[0],
                                   &db_rec[0], &du[0, 0], &extra[0, 0], &dstep[0, 0], &dhr[0, 0], &acc[0])
         else:
-            _backward_reset_before(B, T, D, U, &x[0, 0, 0], &W[0, 0], &R[0, 0], &RT[0, 0], &lengths[0], reverse,
+            _backward_reset_before(B, T, D, U, xa, &W[0, 0], &R[0, 0], &RT[0, 0], &lengths[0], reverse,
                                    &ws_hprev[0, 0, 0], &ws_gates[0, 0, 0], &dy[0, 0, 0],
                                    &dhT[0, 0], &dx[0, 0, 0], &dh0[0, 0], &dW[0, 0], &dR[0, 0], &db_in[0],
                                    &du[0, 0], &extra[0, 0], &dstep[0, 0], &dhr[0, 0], &acc[0])
-            db_rec[:] = 0
+        restore_fp_mode(fp_mode)
+    if not reset_after:
+        db_rec[:] = 0
 
 
 cdef void _backward_reset_after(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
@@ -285,6 +298,7 @@ cdef void _backward_reset_after(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssi
     # Weight and input gradients: a few large matmuls over all positions at once.
     gemm(True, False, <int> D, <int> G, <int> BT, one, x, <int> D, du, <int> G, zero, dW, <int> G)
     gemm(False, True, <int> BT, <int> D, <int> G, one, du, <int> G, W, <int> G, zero, dx, <int> D)
+    zero_padding(dx, lengths, B, T, D)  # 0 already, unless W holds inf / NaN (0 * inf): padded inputs get no gradient
     gemm(True, False, <int> U, <int> G, <int> BT, one, ws_hprev, <int> U, dv, <int> G, zero, dR, <int> G)
     column_sums(du, BT, G, G, acc, db_in)
     column_sums(dv, BT, G, G, acc, db_rec)
@@ -370,6 +384,7 @@ cdef void _backward_reset_before(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ss
     # Weight and input gradients: a few large matmuls over all positions at once.
     gemm(True, False, <int> D, <int> G, <int> BT, one, x, <int> D, du, <int> G, zero, dW, <int> G)
     gemm(False, True, <int> BT, <int> D, <int> G, one, du, <int> G, W, <int> G, zero, dx, <int> D)
+    zero_padding(dx, lengths, B, T, D)  # 0 already, unless W holds inf / NaN (0 * inf): padded inputs get no gradient
     gemm(True, False, <int> U, <int> (2 * U), <int> BT, one, ws_hprev, <int> U, du, <int> G,
          zero, dR, <int> G)
     gemm(True, False, <int> U, <int> U, <int> BT, one, rh, <int> U, du + 2 * U, <int> G,

@@ -9,8 +9,8 @@ from cython cimport floating
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy
 
-from fused_blas cimport (active_rows, column_sums, gemm, max_length, position, tanh_inplace, transpose,
-                         zero_padding)
+from fused_blas cimport (active_inputs, active_rows, column_sums, flush_denormals, gemm, has_padding, max_length,
+                         position, restore_fp_mode, tanh_inplace, transpose, zero_padding)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -32,9 +32,12 @@ def simple_rnn_forward(const floating[:, :, ::1] x, const floating[:, ::1] W, co
     if training:
         p_hprev = &ws_hprev[0, 0, 0]
         p_h = &ws_h[0, 0, 0]
+    cdef unsigned int fp_mode
     with nogil:
+        fp_mode = flush_denormals()  # fused_blas, "Denormals"
         _forward(B, T, D, U, &x[0, 0, 0], &W[0, 0], &R[0, 0], &b[0], &h0[0, 0], &lengths[0],
                  reverse, relu, &y[0, 0, 0], &hT[0, 0], p_hprev, p_h, &xw[0, 0], &hr[0, 0])
+        restore_fp_mode(fp_mode)
 
 
 cdef void _forward(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
@@ -108,11 +111,20 @@ def simple_rnn_backward(const floating[:, :, ::1] x, const floating[:, ::1] W, c
     cdef floating[:, ::1] dhr = np.empty((B, U), dtype)
     cdef floating[:, ::1] RT = np.empty((U, U), dtype)
     cdef double[::1] acc = np.empty(U, np.float64)
+    # x with zeros at padded positions for dW (fused_blas.active_inputs), only when some row is padded
+    cdef bint padded = has_padding(&lengths[0], B, T)
+    cdef floating[:, :, ::1] x_active = np.empty((B if padded else 1, T if padded else 1, D if padded else 1),
+                                                 dtype)
+    cdef const floating* xa
+    cdef unsigned int fp_mode
     with nogil:
-        _backward(B, T, D, U, &x[0, 0, 0], &W[0, 0], &R[0, 0], &RT[0, 0], &lengths[0], reverse, relu,
+        fp_mode = flush_denormals()
+        xa = active_inputs(&x[0, 0, 0], &lengths[0], B, T, D, &x_active[0, 0, 0] if padded else NULL)
+        _backward(B, T, D, U, xa, &W[0, 0], &R[0, 0], &RT[0, 0], &lengths[0], reverse, relu,
                   &ws_hprev[0, 0, 0], &ws_h[0, 0, 0], &dy[0, 0, 0], &dhT[0, 0],
                   &dx[0, 0, 0], &dh0[0, 0], &dW[0, 0], &dR[0, 0], &db[0],
                   &da[0, 0], &da_step[0, 0], &dhr[0, 0], &acc[0])
+        restore_fp_mode(fp_mode)
 
 
 cdef void _backward(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
@@ -165,5 +177,6 @@ cdef void _backward(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
     # Weight and input gradients: a few large matmuls over all positions at once.
     gemm(True, False, <int> D, <int> U, <int> BT, one, x, <int> D, da, <int> U, zero, dW, <int> U)
     gemm(False, True, <int> BT, <int> D, <int> U, one, da, <int> U, W, <int> U, zero, dx, <int> D)
+    zero_padding(dx, lengths, B, T, D)  # 0 already, unless W holds inf / NaN (0 * inf): padded inputs get no gradient
     gemm(True, False, <int> U, <int> U, <int> BT, one, ws_hprev, <int> U, da, <int> U, zero, dR, <int> U)
     column_sums(da, BT, U, U, acc, db)

@@ -15,6 +15,7 @@ stateful=True (Keras): the final states of a call are the initial states of the 
 `reset_states()` zeros them. Gradients stop at call boundaries (truncated BPTT).
 """
 import numbers
+import threading
 
 import numpy as np
 
@@ -30,6 +31,9 @@ def _seed(seed):
     if seed < 0:
         raise ValueError(f"seed must be a non-negative integer or None; got {seed}")
     return int(seed)
+
+
+_BUILD_LOCK = threading.Lock()
 
 
 class RecurrentLayer(Layer):
@@ -154,10 +158,16 @@ class RecurrentLayer(Layer):
         """flip_time=True returns sequences reversed in time relative to Keras' format (Bidirectional's backward
         half: with go_backwards that is the kernel's input-aligned output, no flip at all)."""
         training = _checks.boolean("training", training)
-        x = _checks.as_array("x", x, self.dtype, check_finite=False)  # ops checks finiteness
+        # Finiteness is checked here, on the caller's array: once converted, a float64 1e300 is a float32 inf, and
+        # ops could only report "contains NaN or inf" instead of "beyond the range of float32".
+        x = _checks.as_array("x", x, self.dtype)
         _checks.check_rank("x", x, 3, "(batch, timesteps, features)")
         if not self.built:
-            self.build(x.shape)
+            # Concurrent first calls (a service's threads) must build once: two builds would give different
+            # initial weights, and calls running meanwhile a mix of both sets.
+            with _BUILD_LOCK:
+                if not self.built:
+                    self.build(x.shape)
         if x.shape[2] != self.input_dim:
             raise ValueError(f"{self.name}: x must have shape (batch, timesteps, features={self.input_dim}); "
                              f"got shape {x.shape}")
