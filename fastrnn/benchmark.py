@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from . import ops
+from . import ops, peers
 
 CELLS = ("simple_rnn", "lstm", "gru")
 FULL_GRID = dict(units=(128, 256, 512), batch=(1, 16, 64), timesteps=(100,))
@@ -45,14 +45,34 @@ def make_call(backend, cell, mode, x, weights):
     return inference if mode == "inference" else training
 
 
-def time_side_by_side(calls, min_rounds=5, max_rounds=50, budget_s=2.0):
-    """{name: median seconds}: round robin over `calls` until min_rounds and the time budget are used."""
-    for call in calls.values():  # warm up: compile/load, allocate, fill caches
-        call()
+def time_side_by_side(calls, min_rounds=5, max_rounds=50, budget_s=2.0, warmup=True, pools=None, prewarm_s=0.0,
+                      prewarm_below_s=1.0):
+    """{name: median seconds}: round robin over `calls` until min_rounds and the time budget are used.
+
+    warmup=False when every call has just run once already (e.g. to check that the calls agree).
+
+    Several thread pools in one process (OpenBLAS, OpenMP, ONNX Runtime, each with its own threads; `pools` maps
+    a call's name to its pool): after a call, a pool's idle threads busy-wait for up to ~0.1 s, competing with
+    whichever pool runs next. With prewarm_s > 0, a call whose pool differs from the previous call's first runs
+    untimed until prewarm_s has passed (at least once), so that it is timed with its own threads awake and the other
+    pools' threads asleep, as when it runs alone. Calls that take prewarm_below_s or more skip this (the
+    disturbance is then a few percent, and the run would take twice as long)."""
+    if warmup:
+        for call in calls.values():  # warm up: compile/load, allocate, fill caches
+            call()
     samples = {name: [] for name in calls}
+    pools = pools or {}
+    last_pool = object()
     start = time.perf_counter()
     for rnd in range(max_rounds):
         for name, call in calls.items():
+            pool = pools.get(name, name)
+            if prewarm_s > 0 and pool != last_pool and (not samples[name] or samples[name][-1] < prewarm_below_s):
+                end = time.perf_counter() + prewarm_s
+                call()
+                while time.perf_counter() < end:
+                    call()
+            last_pool = pool
             t0 = time.perf_counter()
             call()
             samples[name].append(time.perf_counter() - t0)
@@ -113,3 +133,481 @@ def first_call_latency(backend, cell="lstm"):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     import_s, first_s = map(float, res.stdout.split())
     return import_s, first_s
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Peers: fastrnn, torch and onnxruntime side by side (`fastrnn bench --peers`)
+# ---------------------------------------------------------------------------------------------------------------
+# T is `timesteps`, except `long_timesteps` at units >= 512 and batch >= 64 (keeps the default run near 15 min).
+PEERS_FULL_GRID = dict(units=(128, 256, 512, 1024), batch=(1, 16, 64), timesteps=100, long_timesteps=50)
+PEERS_QUICK_GRID = dict(units=(128, 512), batch=(1, 16, 64), timesteps=50, long_timesteps=50)
+PEERS_SMOKE_GRID = dict(units=(16,), batch=(2, 64), timesteps=5, long_timesteps=5)
+LATENCY_UNITS = 32
+
+# The targets of the issue, checked on ratios measured side by side in one run at one thread count.
+TARGET_INFERENCE_SMALL = 0.8   # fastrnn / min(torch, ort), batch <= 16
+TARGET_INFERENCE_LARGE = 1.0   # same, batch 64
+TARGET_TRAINING = 0.5          # fastrnn / torch, forward + BPTT
+TARGET_LATENCY_US = 10.0       # one call at T=1, batch 1, units 32, layer or cell API
+TARGET_SGEMM_FRACTION = 0.9    # fastrnn GFLOP/s / sgemm GFLOP/s of the same matmuls, batch 64 inference
+TARGET_THREAD_SCALING = 1.8    # fastrnn time at 1 thread / at 2 threads, batch >= 16
+SCALING_MIN_BATCH = 16
+SGEMM_BATCH = 64
+
+
+# With more than one thread, the runners' thread pools disturb each other (see time_side_by_side): fastrnn's two
+# backends share SciPy's OpenBLAS; torch (OpenMP, MKL), ONNX Runtime and NumPy's OpenBLAS (sgemm) have their own.
+PREWARM_S = 0.12
+POOLS = {"fastrnn-numba": "scipy-openblas", "fastrnn-cython": "scipy-openblas"}
+LATENCY_POOLS = {name: "scipy-openblas" for name in ("fastrnn layer", "fastrnn cell", "ops.rnn_forward",
+                                                       "kernel.forward")}
+
+
+def peer_timesteps(grid, units, batch):
+    return grid["long_timesteps"] if units >= 512 and batch >= 64 else grid["timesteps"]
+
+
+def matmul_flops(cell, mode, batch, timesteps, units, features=None):
+    """Matmul FLOPs of one call: input projection (B*T, D) x (D, G*U) and T steps (B, U) x (U, G*U); training
+    (forward + BPTT) adds dx, dW and the per-step dh (and dR) matmuls: 3x the forward."""
+    D = units if features is None else features
+    fwd = 2.0 * batch * timesteps * (D + units) * ops.GATES[cell] * units
+    return fwd if mode == "inference" else 3.0 * fwd
+
+
+def inference_target(batch):
+    return TARGET_INFERENCE_SMALL if batch <= 16 else TARGET_INFERENCE_LARGE
+
+
+def sgemm_runner(cell, x, weights):
+    """NumPy float32 matmuls of the same sizes as the inference call: the projection (B*T, D) x (D, G*U) once and
+    the step (B, U) x (U, G*U) T times (no gate math, no dependency between steps): the BLAS bound.
+    The returned call also records the time of each part in `parts`."""
+    B, T, D = x.shape
+    W, R = weights[0], weights[1]
+    U, GU = R.shape
+    x2 = x.reshape(B * T, D)
+    proj = np.empty((B * T, GU), x.dtype)
+    h = np.ascontiguousarray(x[:, 0, :U]) if D >= U else np.ones((B, U), x.dtype)
+    a = np.empty((B, GU), x.dtype)
+    parts = {"proj": [], "step": []}
+
+    def call():
+        t0 = time.perf_counter()
+        np.matmul(x2, W, out=proj)
+        t1 = time.perf_counter()
+        for _ in range(T):
+            np.matmul(h, R, out=a)
+        t2 = time.perf_counter()
+        parts["proj"].append(t1 - t0)
+        parts["step"].append((t2 - t1) / T)
+    return call, parts
+
+
+def _fmt_ms(seconds):
+    return f"{seconds * 1e3:10.3f}" if seconds is not None else f"{'-':>10}"
+
+
+def peer_point(cell, mode, units, batch, timesteps, threads, min_rounds=7, budget_s=0.5, with_sgemm=None):
+    """Verify that fastrnn's backends and the peers agree on one grid point, then time them round robin."""
+    x, weights = peers.make_problem(cell, batch, timesteps, units)
+    runners = peers.make_runners(cell, mode, x, weights, threads=threads)
+    maxdiff = peers.check_agreement(runners)  # raises peers.Disagreement; also the warm-up call of every runner
+    calls = {r.name: r.call for r in runners}
+    with_sgemm = (mode == "inference" and batch >= SGEMM_BATCH) if with_sgemm is None else with_sgemm
+    parts = None
+    if with_sgemm:
+        calls["sgemm"], parts = sgemm_runner(cell, x, weights)
+        calls["sgemm"]()
+    load = OtherLoad()
+    med = time_side_by_side(calls, min_rounds=min_rounds, max_rounds=max(min_rounds, 50), budget_s=budget_s,
+                            warmup=False, pools=POOLS, prewarm_s=PREWARM_S if threads > 1 else 0.0)
+    other = load.cores()
+    del runners, calls  # free the ORT session and torch module before the next point
+    fr = {name[len("fastrnn-"):]: t for name, t in med.items() if name.startswith("fastrnn-")}
+    best = min(fr, key=fr.get)
+    row = dict(cell=cell, mode=mode, units=units, batch=batch, timesteps=timesteps, threads=threads,
+               times=med, fastrnn=fr[best], fastrnn_backend=best, maxdiff=maxdiff, other_load=other)
+    peer_times = {name: med[name] for name in (("torch", "ort") if mode == "inference" else ("torch",))
+                  if name in med}
+    row["peer"] = min(peer_times, key=peer_times.get) if peer_times else None
+    row["ratio"] = row["fastrnn"] / peer_times[row["peer"]] if peer_times else None
+    row["target"] = inference_target(batch) if mode == "inference" else TARGET_TRAINING
+    row["ok"] = None if row["ratio"] is None else row["ratio"] <= row["target"]
+    flops = matmul_flops(cell, mode, batch, timesteps, units)
+    row["gflops"] = flops / row["fastrnn"] / 1e9
+    if parts is not None:
+        row["sgemm_gflops"] = flops / med["sgemm"] / 1e9
+        row["sgemm_fraction"] = med["sgemm"] / row["fastrnn"]
+        G, U = ops.GATES[cell], units
+        row["sgemm_step_gflops"] = 2.0 * batch * U * G * U / statistics.median(parts["step"]) / 1e9
+        row["sgemm_proj_gflops"] = 2.0 * batch * timesteps * U * G * U / statistics.median(parts["proj"]) / 1e9
+    return row
+
+
+PEER_HEADER = (f"{'cell':<10} {'mode':<9} {'units':>5} {'batch':>5} {'T':>4} {'numba ms':>10} {'cython ms':>10} "
+               f"{'fastrnn ms':>13} {'torch ms':>10} {'ort ms':>10} {'ratio':>11} {'target':>6} {'pass':>4} "
+               f"{'GF/s':>6} {'%sgemm':>6} {'maxdiff':>8} {'load':>5}")
+
+
+def format_peer_row(row):
+    t = row["times"]
+    best = f"{row['fastrnn'] * 1e3:9.3f} {row['fastrnn_backend'][:2]:>3}"
+    ratio = f"{row['ratio']:5.2f} {row['peer'] if row['peer'] != 'torch' else 'tch':>5}" if row["ratio"] else "-"
+    ok = "-" if row["ok"] is None else ("ok" if row["ok"] else "FAIL")
+    frac = f"{row['sgemm_fraction'] * 100:6.0f}" if "sgemm_fraction" in row else f"{'':6}"
+    return (f"{row['cell']:<10} {row['mode']:<9} {row['units']:>5} {row['batch']:>5} {row['timesteps']:>4} "
+            f"{_fmt_ms(t.get('fastrnn-numba'))} {_fmt_ms(t.get('fastrnn-cython'))} {best:>13} "
+            f"{_fmt_ms(t.get('torch'))} {_fmt_ms(t.get('ort'))} {ratio:>11} {'<=' + format(row['target'], 'g'):>6} "
+            f"{ok:>4} {row['gflops']:6.1f} {frac} {row['maxdiff']:8.1e} "
+            f"{'-' if row.get('other_load') is None else format(row['other_load'], '.1f'):>5}")
+
+
+def latency_runners(cell, units=LATENCY_UNITS, threads=1):
+    """One call at T=1, batch 1: fastrnn's layer, cell, ops.rnn_forward and kernel.forward (validation skipped) —
+    the last three show where the layer's time goes — and the torch layer and ONNX Runtime session."""
+    from . import layers
+    x, weights = peers.make_problem(cell, 1, 1, units)
+    layer = {"simple_rnn": layers.SimpleRNN, "lstm": layers.LSTM, "gru": layers.GRU}[cell](units,
+                                                                                         return_sequences=True)
+    layer(x)
+    layer.set_weights(weights)
+    cellobj = {"simple_rnn": layers.RNNCell, "lstm": layers.LSTMCell, "gru": layers.GRUCell}[cell](units, units)
+    cellobj.set_weights(weights)
+    x_t = np.ascontiguousarray(x[:, 0])
+    state = tuple(np.zeros((1, units), np.float32) for _ in range(ops.N_STATES[cell]))
+    state = state if cell == "lstm" else state[0]
+    p = ops.make_problem(cell, x, weights)
+    kernel = ops.select_kernel(cell, "auto", p.x.dtype, p.shape)
+
+    def step_h(res):  # cells return h (or (h, c)); as (B, T=1, U) for the comparison
+        return {"y": (res[0] if cell == "lstm" else res)[:, None, :]}
+
+    runners = [
+        peers.Runner("fastrnn layer", lambda: layer(x), lambda y: {"y": y}),
+        peers.Runner("fastrnn cell", lambda: cellobj(x_t, state), step_h),
+        peers.Runner("ops.rnn_forward", lambda: ops.rnn_forward(cell, x, weights), lambda o: {"y": o.outputs}),
+        peers.Runner("kernel.forward", lambda: kernel.forward(p, False), lambda r: {"y": r[0]}),
+    ]
+    avail = peers.available_peers()
+    if "torch" in avail:
+        runners.append(peers.torch_runner(cell, "inference", x, weights))
+    if "onnxruntime" in avail:
+        runners.append(peers.ort_runner(cell, "inference", x, weights, threads))
+    return runners, kernel.name
+
+
+def _loop(call, k):
+    def run():
+        for _ in range(k):
+            call()
+    return run
+
+
+def latency_point(cell, threads, units=LATENCY_UNITS, min_rounds=9, budget_s=0.5, sample_s=0.004):
+    """{runner: microseconds per call}: every runner in loops of k calls (k sized so a loop takes ~sample_s)."""
+    runners, backend = latency_runners(cell, units, threads)
+    maxdiff = peers.check_agreement(runners)
+    loops, ks = {}, {}
+    for r in runners:
+        t0 = time.perf_counter()
+        for _ in range(20):
+            r.call()
+        per = (time.perf_counter() - t0) / 20
+        ks[r.name] = k = int(min(5000, max(10, sample_s / max(per, 1e-7))))
+        loops[r.name] = _loop(r.call, k)
+    med = time_side_by_side(loops, min_rounds=min_rounds, max_rounds=100, budget_s=budget_s,
+                            pools=LATENCY_POOLS, prewarm_s=PREWARM_S if threads > 1 else 0.0)
+    us = {name: med[name] / ks[name] * 1e6 for name in med}
+    return dict(cell=cell, units=units, threads=threads, backend=backend, us=us, maxdiff=maxdiff)
+
+
+LATENCY_COLUMNS = ("fastrnn layer", "fastrnn cell", "ops.rnn_forward", "kernel.forward", "torch", "ort")
+
+
+def format_latency(rows, out=print):
+    out(f"\nlatency: one call at T=1, batch 1, units {LATENCY_UNITS}, microseconds (median of loops); target: "
+        f"fastrnn layer and cell <= {TARGET_LATENCY_US:g} us")
+    out(f"{'cell':<10} " + " ".join(f"{c:>15}" for c in LATENCY_COLUMNS) + f" {'layer':>5} {'cell':>5}")
+    for row in rows:
+        us = row["us"]
+        cols = " ".join(f"{us[c]:15.1f}" if c in us else f"{'-':>15}" for c in LATENCY_COLUMNS)
+        flags = " ".join(f"{'ok' if us[c] <= TARGET_LATENCY_US else 'FAIL':>5}" for c in ("fastrnn layer",
+                                                                                         "fastrnn cell"))
+        out(f"{row['cell']:<10} {cols} {flags}   ({row['backend']})")
+
+
+def format_sgemm(rows, out=print):
+    rows = [r for r in rows if "sgemm_fraction" in r]
+    if not rows:
+        return
+    out(f"\nsgemm (NumPy float32 matmul, same thread count) vs fastrnn, inference at batch {SGEMM_BATCH}: "
+        f"step = ({SGEMM_BATCH} x U) @ (U x G*U), projection = ({SGEMM_BATCH}*T x U) @ (U x G*U);\n"
+        f"'sgemm seq' = projection + T steps timed in the same rounds as fastrnn; target fastrnn >= "
+        f"{TARGET_SGEMM_FRACTION:.0%} of it")
+    out(f"{'cell':<10} {'units':>5} {'T':>4} {'step GF/s':>10} {'proj GF/s':>10} {'sgemm seq GF/s':>15} "
+        f"{'fastrnn GF/s':>13} {'fraction':>9} {'pass':>5}")
+    for r in rows:
+        out(f"{r['cell']:<10} {r['units']:>5} {r['timesteps']:>4} {r['sgemm_step_gflops']:10.1f} "
+            f"{r['sgemm_proj_gflops']:10.1f} {r['sgemm_gflops']:15.1f} {r['gflops']:13.1f} "
+            f"{r['sgemm_fraction'] * 100:8.0f}% {'ok' if r['sgemm_fraction'] >= TARGET_SGEMM_FRACTION else 'FAIL':>5}")
+
+
+def thread_scaling(points, lo=1, hi=2):
+    """Rows (point, fastrnn lo/hi speedup, torch's, ort's) for points timed at both thread counts, batch >= 16."""
+    by = {(p["cell"], p["mode"], p["units"], p["batch"], p["timesteps"], p["threads"]): p for p in points}
+    out = []
+    for key, p_lo in by.items():
+        if key[-1] != lo or key[3] < SCALING_MIN_BATCH:
+            continue
+        p_hi = by.get(key[:-1] + (hi,))
+        if p_hi is None:
+            continue
+        sp = {"fastrnn": p_lo["fastrnn"] / p_hi["fastrnn"]}
+        for name in ("torch", "ort"):
+            if name in p_lo["times"] and name in p_hi["times"]:
+                sp[name] = p_lo["times"][name] / p_hi["times"][name]
+        out.append(dict(cell=key[0], mode=key[1], units=key[2], batch=key[3], timesteps=key[4], speedup=sp,
+                        ok=sp["fastrnn"] >= TARGET_THREAD_SCALING))
+    return out
+
+
+def format_scaling(rows, lo, hi, out=print):
+    if not rows:
+        return
+    out(f"\nthreads: speedup of {hi} threads over {lo} (same run, medians of each thread count's table), "
+        f"batch >= {SCALING_MIN_BATCH}; target fastrnn >= {TARGET_THREAD_SCALING:g}x")
+    out(f"{'cell':<10} {'mode':<9} {'units':>5} {'batch':>5} {'T':>4} {'fastrnn':>8} {'torch':>6} {'ort':>6} "
+        f"{'pass':>5}")
+    for r in rows:
+        sp = r["speedup"]
+        out(f"{r['cell']:<10} {r['mode']:<9} {r['units']:>5} {r['batch']:>5} {r['timesteps']:>4} "
+            f"{sp['fastrnn']:8.2f} " + " ".join(f"{sp[n]:6.2f}" if n in sp else f"{'-':>6}" for n in ("torch", "ort"))
+            + f" {'ok' if r['ok'] else 'FAIL':>5}")
+
+
+def summarize_targets(result, out=print):
+    """One line per target: how many points pass, and the failing ones."""
+    pts = result["points"]
+    lines = []
+
+    def report(name, items):
+        items = [(ok, lbl) for ok, lbl in items if ok is not None]
+        if not items:
+            return
+        fails = [lbl for ok, lbl in items if not ok]
+        lines.append(f"  {name}: {len(items) - len(fails)}/{len(items)} pass"
+                     + (f"; FAIL: {', '.join(fails)}" if fails else ""))
+
+    def lbl(p):
+        ratio = "-" if p["ratio"] is None else f"{p['ratio']:.2f}"
+        return f"{p['cell']}/{p['units']}/b{p['batch']}@{p['threads']}t({ratio})"
+
+    report(f"inference <= {TARGET_INFERENCE_SMALL:g}x min(torch, ort) at batch <= 16",
+           [(p["ok"], lbl(p)) for p in pts if p["mode"] == "inference" and p["batch"] <= 16])
+    report(f"inference <= {TARGET_INFERENCE_LARGE:g}x min(torch, ort) at batch 64",
+           [(p["ok"], lbl(p)) for p in pts if p["mode"] == "inference" and p["batch"] > 16])
+    report(f"training <= {TARGET_TRAINING:g}x torch",
+           [(p["ok"], lbl(p)) for p in pts if p["mode"] == "training"])
+    lat = result["latency"]
+    report(f"latency layer call <= {TARGET_LATENCY_US:g} us",
+           [(r["us"]["fastrnn layer"] <= TARGET_LATENCY_US,
+             f"{r['cell']}@{r['threads']}t({r['us']['fastrnn layer']:.1f}us)") for r in lat])
+    report(f"latency cell call <= {TARGET_LATENCY_US:g} us",
+           [(r["us"]["fastrnn cell"] <= TARGET_LATENCY_US,
+             f"{r['cell']}@{r['threads']}t({r['us']['fastrnn cell']:.1f}us)") for r in lat])
+    report(f"batch {SGEMM_BATCH} inference >= {TARGET_SGEMM_FRACTION:.0%} of sgemm GFLOP/s",
+           [(p["sgemm_fraction"] >= TARGET_SGEMM_FRACTION,
+             f"{p['cell']}/{p['units']}@{p['threads']}t({p['sgemm_fraction']:.0%})")
+            for p in pts if "sgemm_fraction" in p])
+    report(f"{TARGET_THREAD_SCALING:g}x from 1 to 2 threads at batch >= {SCALING_MIN_BATCH}",
+           [(r["ok"], f"{r['cell']}/{r['mode'][:3]}/{r['units']}/b{r['batch']}({r['speedup']['fastrnn']:.2f}x)")
+            for r in result["scaling"]])
+    out("\ntargets:")
+    for line in lines:
+        out(line)
+
+
+class OtherLoad:
+    """CPU used by other processes while this one times something, in cores (0 = the machine was ours):
+    busy jiffies of the whole machine (/proc/stat) minus this process's CPU time. None where /proc is missing."""
+
+    def __init__(self):
+        self.start = (time.perf_counter(), _cpu_busy_jiffies(), _own_cpu())
+
+    def cores(self):
+        t0, busy0, own0 = self.start
+        busy1 = _cpu_busy_jiffies()
+        if busy0 is None or busy1 is None:
+            return None
+        wall = time.perf_counter() - t0
+        other = (busy1[0] - busy0[0]) / busy0[1] - (_own_cpu() - own0)
+        return max(0.0, other / wall) if wall > 0 else None
+
+
+IDLE_LOAD = 0.25  # cores used by other processes below which a measurement counts as undisturbed
+
+
+def wait_for_idle(max_wait_s, threshold=IDLE_LOAD, window_s=0.5):
+    """Sleep until other processes use < threshold cores over a window (or max_wait_s passed); seconds waited."""
+    t0 = time.perf_counter()
+    while True:
+        probe = OtherLoad()
+        time.sleep(window_s)
+        load = probe.cores()
+        waited = time.perf_counter() - t0
+        if load is None or load < threshold or waited >= max_wait_s:
+            return waited
+
+
+def _own_cpu():
+    import os
+    t = os.times()
+    return t.user + t.system
+
+
+def _cpu_busy_jiffies():
+    """(busy jiffies of the whole machine, jiffies per second) from /proc/stat, or None elsewhere."""
+    try:
+        with open("/proc/stat") as f:
+            vals = [int(v) for v in f.readline().split()[1:]]
+        import os
+        return sum(vals) - vals[3] - (vals[4] if len(vals) > 4 else 0), os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def run_peers(grid, cells=CELLS, modes=peers.MODES, threads=(1,), min_rounds=7, budget_s=0.5, latency=True,
+              wait_idle_s=0.0, retries=1, out=print):
+    """Every grid point at every thread count: agreement check, then fastrnn (numba, cython), torch and ORT round
+    robin; then latency, sgemm and thread-scaling sections and the targets. Returns a dict of the results.
+
+    wait_idle_s > 0: before each point wait (up to that long) until other processes leave the machine idle, and
+    time a point again (up to `retries` times) when other processes were busy while it was timed."""
+    import os
+    waited = 0.0
+    status = peers.peer_status()
+    versions = peers.peer_versions()
+    t_start, cpu_start, busy_start = time.perf_counter(), os.times(), _cpu_busy_jiffies()
+    out("peers: " + ", ".join(f"{n} {versions[n]}" if status[n] is None else f"{n} SKIPPED ({status[n]})"
+                              for n in peers.PEERS))
+    backends = usable_backends(peers.FASTRNN_BACKENDS)
+    out(f"fastrnn backends: {', '.join(backends)}; float32; input width = units; median of >= {min_rounds} "
+        "round-robin rounds after an agreement check (maxdiff: max |y difference|, gradients scaled)")
+    out("ratio = fastrnn (best backend: nu/cy) / the fastest peer (inference: min(torch, ort); training: torch); "
+        "GF/s = fastrnn's matmul GFLOP/s;\nload = CPU cores used by other processes while the point was timed "
+        "(this machine is shared: numbers measured at load > 0.2 are disturbed, at 2 threads badly)")
+    result = dict(points=[], latency=[], threads=tuple(threads), peers=status, grid=grid)
+    for n in threads:
+        with peers.Threads(n):
+            out(f"\n== {n} thread(s): BLAS (threadpoolctl), torch.set_num_threads({n}), ORT intra_op={n} ==")
+            out(PEER_HEADER)
+            out("-" * len(PEER_HEADER))
+            for cell, mode, units, batch in itertools.product(cells, modes, grid["units"], grid["batch"]):
+                T = peer_timesteps(grid, units, batch)
+                row = None
+                for attempt in range(1 + retries):
+                    if wait_idle_s > 0:
+                        waited += wait_for_idle(wait_idle_s)
+                    again = peer_point(cell, mode, units, batch, T, n, min_rounds=min_rounds, budget_s=budget_s)
+                    if row is None or (again["other_load"] or 0) < (row["other_load"] or 0):
+                        row = again
+                    if wait_idle_s <= 0 or row["other_load"] is None or row["other_load"] < IDLE_LOAD:
+                        break
+                result["points"].append(row)
+                out(format_peer_row(row))
+            format_sgemm([p for p in result["points"] if p["threads"] == n], out)
+            if latency:
+                lat = []
+                for cell in cells:
+                    if wait_idle_s > 0:
+                        waited += wait_for_idle(wait_idle_s)
+                    lat.append(latency_point(cell, n))
+                result["latency"].extend(lat)
+                format_latency(lat, out)
+    result["scaling"] = thread_scaling(result["points"], 1, 2) if {1, 2} <= set(threads) else []
+    format_scaling(result["scaling"], 1, 2, out)
+    summarize_targets(result, out)
+    wall = time.perf_counter() - t_start
+    cpu_end, busy_end = os.times(), _cpu_busy_jiffies()
+    own = (cpu_end.user + cpu_end.system) - (cpu_start.user + cpu_start.system)
+    note = ""
+    if busy_start and busy_end:
+        busy = (busy_end[0] - busy_start[0]) / busy_start[1]
+        other = max(0.0, busy - own)
+        note = (f"; other processes used {other:.0f} CPU-s ({other / wall / (os.cpu_count() or 1):.0%} of the "
+                f"machine) meanwhile")
+    if wait_idle_s > 0:
+        note += f"; waited {waited:.0f} s for other processes to go idle"
+    out(f"\nwall time {wall:.0f} s, this process {own:.0f} CPU-s{note}")
+    result["wall_s"] = wall
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The plot: time vs batch per framework, one panel per cell (columns) and mode x thread count (rows)
+# ---------------------------------------------------------------------------------------------------------------
+
+PLOT_COLORS = {"fastrnn": "tab:blue", "torch": "tab:orange", "ort": "tab:green", "sgemm": "tab:gray"}
+
+
+def plot_peers(result, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    pts = result["points"]
+    cells = list(dict.fromkeys(p["cell"] for p in pts))
+    panels = list(dict.fromkeys((p["mode"], p["threads"]) for p in pts))
+    units_all = sorted({p["units"] for p in pts})
+    styles = ["-", "--", "-.", ":"]
+    markers = ["o", "s", "^", "D"]
+    fig, axes = plt.subplots(len(panels), len(cells), figsize=(5.2 * len(cells), 3.6 * len(panels)),
+                             squeeze=False)
+    for i, (mode, n) in enumerate(panels):
+        for j, cell in enumerate(cells):
+            ax = axes[i][j]
+            for k, units in enumerate(units_all):
+                sel = sorted((p for p in pts if (p["cell"], p["mode"], p["threads"], p["units"]) ==
+                              (cell, mode, n, units)), key=lambda p: p["batch"])
+                if not sel:
+                    continue
+                batches = [p["batch"] for p in sel]
+                series = {"fastrnn": [p["fastrnn"] for p in sel]}
+                for name in ("torch", "ort"):
+                    if all(name in p["times"] for p in sel):
+                        series[name] = [p["times"][name] for p in sel]
+                for name, ts in series.items():
+                    ax.plot(batches, [t * 1e3 for t in ts], color=PLOT_COLORS[name], ls=styles[k % 4],
+                            marker=markers[k % 4], ms=4, lw=1.4)
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            bs = sorted({p["batch"] for p in pts})
+            ax.set_xticks(bs)
+            ax.set_xticklabels([str(b) for b in bs])
+            ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_formatter(NullFormatter())
+            ax.set_xlabel("batch")
+            ax.set_ylabel("ms per call")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.set_title(f"{cell} {mode}, {n} thread{'s' if n > 1 else ''}")
+    frameworks = [Line2D([], [], color=c, lw=2, label=n) for n, c in PLOT_COLORS.items() if n != "sgemm"]
+    unit_lines = [Line2D([], [], color="black", ls=styles[k % 4], marker=markers[k % 4], label=f"units {u}")
+                  for k, u in enumerate(units_all)]
+    T = sorted({p["timesteps"] for p in pts})
+    height = fig.get_figheight()
+    grid = result.get("grid") or {}
+    long_note = (f" (T={grid['long_timesteps']} at units >= 512, batch 64)"
+                 if grid.get("long_timesteps", grid.get("timesteps")) != grid.get("timesteps") else "")
+    fig.suptitle(f"fastrnn (best of numba/cython) vs torch vs onnxruntime: median ms per call, float32, input width "
+                 f"= units, T = {grid.get('timesteps', '/'.join(map(str, T)))}{long_note}; lower is better",
+                 y=1 - 0.08 / height, fontsize=12)
+    fig.legend(handles=frameworks + unit_lines, loc="upper center", ncol=len(frameworks) + len(unit_lines),
+               frameon=False, fontsize=10, bbox_to_anchor=(0.5, 1 - 0.38 / height))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.75 / height))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
