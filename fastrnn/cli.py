@@ -39,8 +39,8 @@ def _bench(args):
         return 2
     if args.peers:
         return _bench_peers(args, cells)
-    if args.plot:
-        print("fastrnn bench: --plot needs --peers", file=sys.stderr)
+    if args.plot or args.json:
+        print("fastrnn bench: --plot and --json need --peers", file=sys.stderr)
         return 2
     grid = benchmark.SMOKE_GRID if args.smoke else benchmark.QUICK_GRID if args.quick else benchmark.FULL_GRID
     dtype = np.dtype(args.dtype)
@@ -67,7 +67,7 @@ def _bench_peers(args, cells):
     if args.smoke:
         rounds, budget = 3, 0.05
     else:
-        rounds, budget = args.rounds, (0.4 if args.budget is None else args.budget)
+        rounds, budget = args.rounds, (0.25 if args.budget is None else args.budget)
     missing = [n for n, why in peers.peer_status().items() if why is not None]
     print(f"fastrnn bench --peers: fastrnn vs {', '.join(peers.PEERS)}, {os.cpu_count()} CPUs, threads "
           f"{','.join(map(str, args.threads))}")
@@ -75,6 +75,9 @@ def _bench_peers(args, cells):
         print(f"note: {', '.join(missing)} not installed: skipped (pip install -e '.[interop]' adds them)")
     result = benchmark.run_peers(grid, cells=cells, threads=args.threads, min_rounds=rounds, budget_s=budget,
                                  latency=not args.no_latency, wait_idle_s=args.wait_idle)
+    if args.json:
+        benchmark.save_json(result, args.json)
+        print(f"results: {args.json}")
     if args.plot:
         try:
             benchmark.plot_peers(result, args.plot)
@@ -102,9 +105,10 @@ def main(argv=None):
                        help="thread count(s), comma-separated, e.g. 1,2 (default 1): BLAS threads; with --peers "
                             "also torch's and onnxruntime's")
     bench.add_argument("--budget", type=float, default=None,
-                       help="seconds of timing per grid point (default 1.0; --peers 0.4, after --rounds)")
+                       help="seconds of timing per grid point (default 1.0; --peers 0.25, after --rounds)")
     bench.add_argument("--rounds", type=int, default=7, help="--peers: minimum round-robin rounds per point")
     bench.add_argument("--plot", metavar="PNG", help="--peers: write a plot of time vs batch per cell")
+    bench.add_argument("--json", metavar="PATH", help="--peers: also write the results as JSON")
     bench.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
                        help="--peers: on a shared machine, wait up to S seconds before each point until other "
                             "processes are idle, and time a disturbed point once more")

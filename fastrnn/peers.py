@@ -189,6 +189,9 @@ class Threads:
         self._torch_old = None
 
     def __enter__(self):
+        # Import the peers first: threadpoolctl limits only the pools loaded when the limit is entered (torch's
+        # OpenMP), and torch's own thread count can only be set once torch is imported.
+        peer_status()
         self._limits = threadpool_limits(limits=self.n)
         torch = _modules.get("torch", (None,))[0]
         if torch is not None:
