@@ -25,8 +25,10 @@ def float_dtype(dtype, name="dtype"):
     return dt
 
 
-def as_array(name, value, dtype, check_finite=True):
+def as_array(name, value, dtype, check_finite=True, finite_hint=""):
     """`value` as a C-contiguous array of `dtype`; never a view that a kernel could write through to the caller.
+
+    finite_hint: appended to the NaN/inf error, for callers that offer a way around the check (ops: check_finite).
 
     Kernels never write to their inputs, so an input that already has the right dtype and layout is passed on
     without a copy.
@@ -45,7 +47,7 @@ def as_array(name, value, dtype, check_finite=True):
         if arr.dtype.kind == "f" and np.isfinite(arr).all():
             raise ValueError(f"{name} has values beyond the range of {np.dtype(dtype)} (largest magnitude "
                              f"{np.abs(arr).max():.3g})")
-        raise ValueError(f"{name} must be finite; it contains NaN or inf (pass check_finite=False to skip this check)")
+        raise ValueError(f"{name} must be finite; it contains NaN or inf{finite_hint}")
     return converted
 
 

@@ -227,6 +227,11 @@ def _weights_dtype(weights, dtype):
     return np.dtype(np.float32)
 
 
+def _as_array(name, value, dtype, check_finite=True):
+    """_checks.as_array whose NaN/inf error tells how to skip the check (only ops offers check_finite)."""
+    return _checks.as_array(name, value, dtype, check_finite, " (pass check_finite=False to skip this check)")
+
+
 def make_problem(cell, x, weights, initial_states=None, lengths=None, reverse=False, activation="tanh",
                  reset_after=True, dtype=None, check_finite=True):
     """Check every argument and return a Problem with arrays of one float dtype."""
@@ -241,17 +246,17 @@ def make_problem(cell, x, weights, initial_states=None, lengths=None, reverse=Fa
                         f"got {type(weights).__name__}" + (f" of length {len(weights)}" if hasattr(weights, "__len__") else ""))
     dt = _weights_dtype(weights, dtype)
 
-    x = _checks.as_array("x", x, dt, check_finite)
+    x = _as_array("x", x, dt, check_finite)
     _checks.check_rank("x", x, 3, "(batch, timesteps, features)")
     B, T, D = x.shape
 
-    R = _checks.as_array("recurrent_kernel", weights[1], dt, check_finite)
+    R = _as_array("recurrent_kernel", weights[1], dt, check_finite)
     _checks.check_rank("recurrent_kernel", R, 2, f"(units, {G}*units)")
     U = R.shape[0]
     if U == 0:
         raise ValueError(f"recurrent_kernel must have shape (units, {G}*units) with units >= 1; got shape {R.shape}")
     _checks.check_shape("recurrent_kernel", R, (U, G * U), f"(units={U}, {G}*units={G * U})")
-    W = _checks.as_array("kernel", weights[0], dt, check_finite)
+    W = _as_array("kernel", weights[0], dt, check_finite)
     if W.ndim == 2 and W.shape[0] != D and W.shape[1] == G * U:
         raise ValueError(f"x must have shape (batch, timesteps, features={W.shape[0]}) to match kernel "
                          f"{W.shape}; got shape {x.shape}")
@@ -261,7 +266,7 @@ def make_problem(cell, x, weights, initial_states=None, lengths=None, reverse=Fa
     b_shape = (2, G * U) if two_biases else (G * U,)
     has_bias = len(weights) == 3 and weights[2] is not None
     if has_bias:
-        b = _checks.as_array("bias", weights[2], dt, check_finite)
+        b = _as_array("bias", weights[2], dt, check_finite)
         what = f"(2, 3*units={G * U}) for GRU with reset_after=True" if two_biases else f"({G}*units={G * U},)"
         _checks.check_shape("bias", b, b_shape, what)
     else:
@@ -280,7 +285,7 @@ def make_problem(cell, x, weights, initial_states=None, lengths=None, reverse=Fa
         if s is None:
             states.append(np.zeros((B, U), dt))
         else:
-            s = _checks.as_array(name, s, dt, check_finite)
+            s = _as_array(name, s, dt, check_finite)
             _checks.check_shape(name, s, (B, U), f"(batch={B}, units={U})")
             states.append(s)
 
@@ -329,7 +334,7 @@ def rnn_backward(output, d_outputs=None, d_states=None, check_finite=True):
     if d_outputs is None:
         dy = np.zeros((B, T, U), dt)
     else:
-        dy = _checks.as_array("d_outputs", d_outputs, dt, check_finite)
+        dy = _as_array("d_outputs", d_outputs, dt, check_finite)
         _checks.check_shape("d_outputs", dy, (B, T, U), f"(batch={B}, timesteps={T}, units={U})")
     n = N_STATES[p.cell]
     if d_states is None:
@@ -343,7 +348,7 @@ def rnn_backward(output, d_outputs=None, d_states=None, check_finite=True):
         if g is None:
             ds.append(np.zeros((B, U), dt))
         else:
-            g = _checks.as_array(f"d_states[{k}]", g, dt, check_finite)
+            g = _as_array(f"d_states[{k}]", g, dt, check_finite)
             _checks.check_shape(f"d_states[{k}]", g, (B, U), f"(batch={B}, units={U})")
             ds.append(g)
 

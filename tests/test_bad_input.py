@@ -204,6 +204,17 @@ def test_check_finite_false_lets_non_finite_values_through(cell):
 # rnn_backward
 # ---------------------------------------------------------------------------------------------------------------
 
+def test_non_finite_error_suggests_check_finite_only_where_it_exists():
+    """ops takes check_finite and says so; layers and cells do not take it, so their message must not suggest it."""
+    k = base()
+    with pytest.raises(ValueError, match=esc("x must be finite; it contains NaN or inf (pass check_finite=False")):
+        call_ops(dict(k, x=nan_at(k["x"])))
+    for call in (lambda x: fastrnn.LSTM(U)(x), lambda x: fastrnn.LSTMCell(D, U)(x[:, 0])):
+        with pytest.raises(ValueError, match="x must be finite") as err:
+            call(nan_at(k["x"]))
+        assert "check_finite" not in str(err.value)
+
+
 def trained(cell="lstm"):
     return call_ops(dict(base(cell), training=True))
 
