@@ -259,6 +259,73 @@ def sigmoid_grad(out, g, v, s):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# The per-step products, in column blocks
+#
+# OpenBLAS (0.3.16+) runs GEMMs with m * n * k <= 100^3 on a "small matrix" kernel that skips packing the
+# operands, on CPUs that have one (AVX-512: SKYLAKEX/COOPERLAKE/SAPPHIRERAPIDS, which includes this Zen4) and for
+# transpose flags 'NN'. A per-step h @ R at batch 16 is just above the limit (16 x 128 x 512) and spends a third
+# of its time repacking R every step: measured 50 GFLOP/s whole vs 100-110 in column blocks under the limit
+# (units 128-512, batch 16, float32). Elsewhere blocking costs one more BLAS call per block; R is packed once in
+# total either way. The same blocking is in kernels/fused_blas.pxd (gemm).
+# ---------------------------------------------------------------------------------------------------------------
+
+SMALL_GEMM_MNK = 1_000_000
+
+
+@intrinsic
+def _gemm_columns(typingctx, a, b, out, j0, width):
+    """out[:, j0:j0+width] = a @ b[:, j0:j0+width] for 2-D C-contiguous arrays of one float type: one BLAS gemm
+    through Numba's own wrapper (numba_xxgemm, which np.dot uses), with the row strides np.dot cannot take."""
+    from llvmlite import ir
+    from numba.core import cgutils
+    from numba.np import linalg
+
+    def codegen(context, builder, sig, args):
+        at, bt, ot = sig.args[:3]
+        A = context.make_array(at)(context, builder, args[0])
+        Bm = context.make_array(bt)(context, builder, args[1])
+        O = context.make_array(ot)(context, builder, args[2])
+        first = context.cast(builder, args[3], sig.args[3], types.intp)
+        cols = context.cast(builder, args[4], sig.args[4], types.intp)
+        m, k = cgutils.unpack_tuple(builder, A.shape, 2)
+        n_b = cgutils.unpack_tuple(builder, Bm.shape, 2)[1]
+        n_out = cgutils.unpack_tuple(builder, O.shape, 2)[1]
+        vp, ch, ip = linalg.ll_void_p, linalg.ll_char, linalg.intp_t
+        fnty = ir.FunctionType(ir.IntType(32), [ch, ch, ch, ip, ip, ip, vp, vp, ip, vp, ip, vp, vp, ip])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "numba_xxgemm")
+        alpha = linalg.make_constant_slot(context, builder, at.dtype, 1.0)
+        beta = linalg.make_constant_slot(context, builder, at.dtype, 0.0)
+        kind = ir.Constant(ch, ord(linalg.get_blas_kind(at.dtype)))
+        notrans = ir.Constant(ch, ord("n"))
+        cast = lambda v: builder.bitcast(v, vp)  # noqa: E731
+        # Column-major BLAS sees row-major matrices transposed: out^T (cols, m) = b^T (cols, k) @ a^T (k, m).
+        res = builder.call(fn, (kind, notrans, notrans, cols, m, k, cast(alpha),
+                                cast(builder.gep(Bm.data, [first])), n_b, cast(A.data), k, cast(beta),
+                                cast(builder.gep(O.data, [first])), n_out))
+        linalg.check_blas_return(context, builder, res)
+        return context.get_dummy_value()
+
+    if not all(isinstance(t, types.Array) and t.ndim == 2 and t.layout == "C" and t.dtype in FLOATS
+               for t in (a, b, out)) or len({a.dtype, b.dtype, out.dtype}) != 1:
+        return None
+    return types.void(a, b, out, j0, width), codegen
+
+
+@njit(**JIT)
+def step_matmul(a, b, out):
+    """out = a @ b (2-D, C-contiguous) for the per-step products: in column blocks that stay under
+    SMALL_GEMM_MNK when a whole product is above it and blocks of 16 columns or more are under it."""
+    m, k = a.shape
+    n = b.shape[1]
+    if m < 2 or m * n * k <= SMALL_GEMM_MNK or m * k * 16 > SMALL_GEMM_MNK:
+        np.dot(a, b, out)  # one row: np.dot's gemv; otherwise one gemm
+        return
+    nb = SMALL_GEMM_MNK // (m * k) // 16 * 16
+    for j0 in range(0, n, nb):
+        _gemm_columns(a, b, out, j0, min(nb, n - j0))
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # The per-step product of the backward pass, dA @ M.T
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -290,7 +357,7 @@ def matmul_transposed(a, M, MT, out):
     if MT.shape[0] == 0:
         np.dot(a, M.T, out)
     else:
-        np.dot(a, MT, out)
+        step_matmul(a, MT, out)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import numpy as np
 from numba import njit
 
 from .numba_common import (FLAG, JIT, LENGTHS, In, Out, active_inputs_2d, add_bias, column_sums, copy,
-                           matmul_transposed, max_length, position, relu_of_sum, signatures, tanh_of_sum,
+                           matmul_transposed, max_length, step_matmul, position, relu_of_sum, signatures, tanh_of_sum,
                            transposed_for_steps, zero_padded)
 
 __all__ = ["simple_rnn_forward", "simple_rnn_backward"]
@@ -44,7 +44,7 @@ def simple_rnn_forward(x, W, R, b, h0, lengths, reverse, relu, training, y, hT, 
     h = hT                         # the running state lives in hT: inactive rows simply keep theirs
     h[:, :] = h0
     for s in range(max_length(lengths)):
-        np.dot(h, R, A)
+        step_matmul(h, R, A)
         for bb in range(B):
             L = lengths[bb]
             if s >= L:

@@ -88,6 +88,18 @@ def test_kernel_matches_reference_blas_sized(backend, cell, options, dtype):
     assert_conforms(backend, cell, options, p, dtype, reverse=True)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("cell,options", CELL_OPTIONS, ids=CELL_OPTION_IDS)
+def test_kernel_matches_reference_in_column_blocks(backend, cell, options, dtype):
+    """Per-step products above SMALL_GEMM_MNK (batch x units x gates*units > 1e6, also GRU's h @ R[:, :2U] and
+    backward's dA @ R.T) run in column blocks of a multiple of 16 plus a remainder: every block must land."""
+    from fastrnn.kernels.numba_common import SMALL_GEMM_MNK
+    B, U = 17, 200
+    assert B * U * U > SMALL_GEMM_MNK / 2 and B * U * 16 <= SMALL_GEMM_MNK
+    p = random_problem(cell, B=B, T=5, D=8, U=U, seed=13, lengths="mixed", scale=0.1, **options)
+    assert_conforms(backend, cell, options, p, dtype, reverse=False)
+
+
 @settings(max_examples=40, deadline=None, derandomize=True)
 @given(data=st.data())
 @pytest.mark.parametrize("cell,options", CELL_OPTIONS, ids=CELL_OPTION_IDS)
@@ -150,3 +162,20 @@ def test_no_bias_gives_no_bias_gradient(backend, cell, options):
     assert rel_err(out.outputs, ref.outputs) < FLOAT64_TOL
     grads = ops.rnn_backward(out, p["dy"])
     assert len(grads.d_weights) == 2
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_numba_step_matmul_in_column_blocks(dtype):
+    """numba_common.step_matmul (the per-step product, in column blocks through BLAS directly) equals a @ b for
+    shapes below, above and far above SMALL_GEMM_MNK, with a remainder block, read-only operands included."""
+    nc = pytest.importorskip("fastrnn.kernels.numba_common")
+    rng = np.random.default_rng(5)
+    for m, k, n in [(1, 300, 1200), (3, 5, 7), (16, 128, 512), (17, 200, 800), (64, 128, 520), (16, 1000, 4000),
+                    (2, 1000, 1000)]:
+        a = rng.standard_normal((m, k)).astype(dtype)
+        b = rng.standard_normal((k, n)).astype(dtype)
+        b.flags.writeable = False
+        out = np.full((m, n), np.nan, dtype)
+        nc.step_matmul(a, b, out)
+        np.testing.assert_allclose(out, a.astype(np.float64) @ b, rtol=1e-4 if dtype == np.float32 else 1e-12,
+                                   atol=1e-3 if dtype == np.float32 else 1e-10)
