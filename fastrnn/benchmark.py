@@ -204,12 +204,33 @@ def sgemm_runner(cell, x, weights):
     return call, parts
 
 
+def peak_sgemm_gflops(size=1024, repeats=5):
+    """Best GFLOP/s of a large float32 NumPy matmul (size^3) at the current thread limits: the machine's practical
+    matmul peak, for the sgemm bound of each point."""
+    a = np.random.default_rng(0).standard_normal((size, size)).astype(np.float32)
+    out = np.empty_like(a)
+    np.matmul(a, a, out=out)
+    best = min(_timed(lambda: np.matmul(a, a, out=out)) for _ in range(repeats))
+    return 2.0 * size ** 3 / best / 1e9
+
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 def _fmt_ms(seconds):
     return f"{seconds * 1e3:10.3f}" if seconds is not None else f"{'-':>10}"
 
 
-def peer_point(cell, mode, units, batch, timesteps, threads, min_rounds=7, budget_s=0.5, with_sgemm=None):
-    """Verify that fastrnn's backends and the peers agree on one grid point, then time them round robin."""
+def peer_point(cell, mode, units, batch, timesteps, threads, min_rounds=7, budget_s=0.5, with_sgemm=None,
+               peak_gflops=None):
+    """Verify that fastrnn's backends and the peers agree on one grid point, then time them round robin.
+
+    peak_gflops (peak_sgemm_gflops at this thread count): adds row["bound"], the ratio fastrnn would reach if all
+    its matmuls ran at that rate and the gate math were free; a target below it is out of reach of any
+    implementation that does these matmuls."""
     x, weights = peers.make_problem(cell, batch, timesteps, units)
     runners = peers.make_runners(cell, mode, x, weights, threads=threads)
     maxdiff = peers.check_agreement(runners)  # raises peers.Disagreement; also the warm-up call of every runner
@@ -236,6 +257,9 @@ def peer_point(cell, mode, units, batch, timesteps, threads, min_rounds=7, budge
     row["ok"] = None if row["ratio"] is None else row["ratio"] <= row["target"]
     flops = matmul_flops(cell, mode, batch, timesteps, units)
     row["gflops"] = flops / row["fastrnn"] / 1e9
+    if peak_gflops and row["ratio"] is not None:
+        row["peak_gflops"] = peak_gflops
+        row["bound"] = flops / (peak_gflops * 1e9) / peer_times[row["peer"]]
     if parts is not None:
         row["sgemm_gflops"] = flops / med["sgemm"] / 1e9
         row["sgemm_fraction"] = med["sgemm"] / row["fastrnn"]
@@ -246,7 +270,7 @@ def peer_point(cell, mode, units, batch, timesteps, threads, min_rounds=7, budge
 
 
 PEER_HEADER = (f"{'cell':<10} {'mode':<9} {'units':>5} {'batch':>5} {'T':>4} {'numba ms':>10} {'cython ms':>10} "
-               f"{'fastrnn ms':>13} {'torch ms':>10} {'ort ms':>10} {'ratio':>11} {'target':>6} {'pass':>4} "
+               f"{'fastrnn ms':>13} {'torch ms':>10} {'ort ms':>10} {'ratio':>11} {'bound':>5} {'target':>6} {'pass':>4} "
                f"{'GF/s':>6} {'%sgemm':>6} {'maxdiff':>8} {'load':>5}")
 
 
@@ -256,9 +280,10 @@ def format_peer_row(row):
     ratio = f"{row['ratio']:5.2f} {row['peer'] if row['peer'] != 'torch' else 'tch':>5}" if row["ratio"] else "-"
     ok = "-" if row["ok"] is None else ("ok" if row["ok"] else "FAIL")
     frac = f"{row['sgemm_fraction'] * 100:6.0f}" if "sgemm_fraction" in row else f"{'':6}"
+    bound = f"{row['bound']:5.2f}" if row.get("bound") is not None else f"{'-':>5}"
     return (f"{row['cell']:<10} {row['mode']:<9} {row['units']:>5} {row['batch']:>5} {row['timesteps']:>4} "
             f"{_fmt_ms(t.get('fastrnn-numba'))} {_fmt_ms(t.get('fastrnn-cython'))} {best:>13} "
-            f"{_fmt_ms(t.get('torch'))} {_fmt_ms(t.get('ort'))} {ratio:>11} {'<=' + format(row['target'], 'g'):>6} "
+            f"{_fmt_ms(t.get('torch'))} {_fmt_ms(t.get('ort'))} {ratio:>11} {bound} {'<=' + format(row['target'], 'g'):>6} "
             f"{ok:>4} {row['gflops']:6.1f} {frac} {row['maxdiff']:8.1e} "
             f"{'-' if row.get('other_load') is None else format(row['other_load'], '.1f'):>5}")
 
@@ -405,7 +430,9 @@ def summarize_targets(result, out=print):
 
     def lbl(p):
         ratio = "-" if p["ratio"] is None else f"{p['ratio']:.2f}"
-        return f"{p['cell']}/{p['units']}/b{p['batch']}@{p['threads']}t({ratio})"
+        # '!': the target is below the sgemm bound of this point (out of reach of any implementation)
+        beyond = "!" if p.get("bound") is not None and p["bound"] > p["target"] else ""
+        return f"{p['cell']}/{p['units']}/b{p['batch']}@{p['threads']}t({ratio}{beyond})"
 
     report(f"inference <= {TARGET_INFERENCE_SMALL:g}x min(torch, ort) at batch <= 16",
            [(p["ok"], lbl(p)) for p in pts if p["mode"] == "inference" and p["batch"] <= 16])
@@ -427,7 +454,7 @@ def summarize_targets(result, out=print):
     report(f"{TARGET_THREAD_SCALING:g}x from 1 to 2 threads at batch >= {SCALING_MIN_BATCH}",
            [(r["ok"], f"{r['cell']}/{r['mode'][:3]}/{r['units']}/b{r['batch']}({r['speedup']['fastrnn']:.2f}x)")
             for r in result["scaling"]])
-    out("\ntargets:")
+    out("\ntargets: ('!' after a ratio: the target is below that point's sgemm bound)")
     for line in lines:
         out(line)
 
@@ -509,11 +536,16 @@ def run_peers(grid, cells=CELLS, modes=peers.MODES, threads=(1,), min_rounds=7, 
             out("-" * len(PEER_HEADER))
             t_section = time.perf_counter()
             section = []
+            peak = peak_sgemm_gflops()
+            result.setdefault("peak_gflops", {})[n] = peak
+            out(f"(sgemm peak at {n} thread(s): {peak:.1f} GFLOP/s, float32 1024^3 NumPy matmul; bound = the ratio "
+                "fastrnn would reach with every matmul at that rate and free gate math)")
             for cell, mode, units, batch in itertools.product(cells, modes, grid["units"], grid["batch"]):
                 T = peer_timesteps(grid, units, batch)
                 if wait_idle_s > 0:
                     waited += wait_for_idle(wait_idle_s)
-                row = peer_point(cell, mode, units, batch, T, n, min_rounds=min_rounds, budget_s=budget_s)
+                row = peer_point(cell, mode, units, batch, T, n, min_rounds=min_rounds, budget_s=budget_s,
+                                 peak_gflops=peak)
                 section.append(row)
                 out(format_peer_row(row))
             disturbed = [i for i, r in enumerate(section) if (r["other_load"] or 0) >= IDLE_LOAD]
@@ -526,7 +558,7 @@ def run_peers(grid, cells=CELLS, modes=peers.MODES, threads=(1,), min_rounds=7, 
                     r = section[i]
                     waited += wait_for_idle(wait_idle_s)
                     again = peer_point(r["cell"], r["mode"], r["units"], r["batch"], r["timesteps"], n,
-                                       min_rounds=min_rounds, budget_s=budget_s)
+                                       min_rounds=min_rounds, budget_s=budget_s, peak_gflops=peak)
                     out(format_peer_row(again))
                     if again["other_load"] is not None and again["other_load"] < r["other_load"]:
                         section[i] = again

@@ -11,7 +11,7 @@ import numpy as np
 from numba import njit
 
 from .numba_common import (FLAG, JIT, LENGTHS, In, Out, active_inputs_2d, add_bias, add_into, column_sums, copy,
-                           matmul_transposed, max_length, step_matmul, mul_into, position, sigmoid, sigmoid_grad, sigmoid_of_sum,
+                           matmul_transposed, max_length, matmul, mul_into, position, sigmoid, sigmoid_grad, sigmoid_of_sum,
                            signatures, tanh, tanh_of_sum, transposed_for_steps, zero_padded)
 
 __all__ = ["gru_forward", "gru_backward"]
@@ -86,7 +86,7 @@ def gru_forward(x, W, R, b_in, b_rec, h0, lengths, reverse, reset_after, trainin
     G = 3 * U
     # Input projection of every step: one GEMM before the loop, input bias folded in.
     XW = np.empty((B * T, G), x.dtype)
-    np.dot(x.reshape(B * T, D), W, XW)
+    matmul(x.reshape(B * T, D), W, XW)
     add_bias(XW, b_in)
     XW3 = XW.reshape(B, T, G)
     h = hT  # the running state lives in hT: inactive rows simply keep theirs
@@ -98,7 +98,7 @@ def gru_forward(x, W, R, b_in, b_rec, h0, lengths, reverse, reset_after, trainin
         VH = np.empty((B, U), x.dtype)  # v_h = (h @ R + b_rec)[h part]
         brec_zr, brec_h = b_rec[:2 * U], b_rec[2 * U:]
         for s in range(S):
-            step_matmul(h, R, A)
+            matmul(h, R, A)
             for bb in range(B):
                 L = lengths[bb]
                 if s >= L:
@@ -124,7 +124,7 @@ def gru_forward(x, W, R, b_in, b_rec, h0, lengths, reverse, reset_after, trainin
         rh = np.zeros((B, U), x.dtype)       # r * h (rows of inactive sequences: stale, their results dropped)
         Ah = np.empty((B, U), x.dtype)       # (r * h) @ R[:, 2U:]; its row becomes hh
         for s in range(S):
-            step_matmul(h, Rzr, Azr)
+            matmul(h, Rzr, Azr)
             for bb in range(B):
                 L = lengths[bb]
                 if s >= L:
@@ -134,7 +134,7 @@ def gru_forward(x, W, R, b_in, b_rec, h0, lengths, reverse, reset_after, trainin
                 r = azr[U:]
                 sigmoid_of_sum(azr, XW3[bb, t, :2 * U])
                 _product(rhb, r, hb)
-            step_matmul(rh, Rh, Ah)
+            matmul(rh, Rh, Ah)
             for bb in range(B):
                 L = lengths[bb]
                 if s >= L:

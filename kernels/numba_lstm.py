@@ -9,7 +9,7 @@ import numpy as np
 from numba import njit
 
 from .numba_common import (FLAG, JIT, LENGTHS, In, Out, active_inputs_2d, add_bias, add_into, column_sums, copy,
-                           matmul_transposed, max_length, step_matmul, mul_into, position, sigmoid_grad, sigmoid_of_sum,
+                           matmul_transposed, max_length, matmul, mul_into, position, sigmoid_grad, sigmoid_of_sum,
                            signatures, tanh, tanh_of_sum, transposed_for_steps, zero_padded)
 
 __all__ = ["lstm_forward", "lstm_backward"]
@@ -57,7 +57,7 @@ def lstm_forward(x, W, R, b, h0, c0, lengths, reverse, training, y, hT, cT, ws_h
     G = 4 * U
     # Input projection of every step: one GEMM before the loop, bias folded in.
     XW = np.empty((B * T, G), x.dtype)
-    np.dot(x.reshape(B * T, D), W, XW)
+    matmul(x.reshape(B * T, D), W, XW)
     add_bias(XW, b)
     XW3 = XW.reshape(B, T, G)
     A = np.empty((B, G), x.dtype)  # h @ R of the current step, all gates, all rows
@@ -66,7 +66,7 @@ def lstm_forward(x, W, R, b, h0, c0, lengths, reverse, training, y, hT, cT, ws_h
     h[:, :] = h0
     c[:, :] = c0
     for s in range(max_length(lengths)):
-        step_matmul(h, R, A)
+        matmul(h, R, A)
         for bb in range(B):
             L = lengths[bb]
             if s >= L:

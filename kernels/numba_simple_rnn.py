@@ -6,7 +6,7 @@ import numpy as np
 from numba import njit
 
 from .numba_common import (FLAG, JIT, LENGTHS, In, Out, active_inputs_2d, add_bias, column_sums, copy,
-                           matmul_transposed, max_length, step_matmul, position, relu_of_sum, signatures, tanh_of_sum,
+                           matmul_transposed, max_length, matmul, position, relu_of_sum, signatures, tanh_of_sum,
                            transposed_for_steps, zero_padded)
 
 __all__ = ["simple_rnn_forward", "simple_rnn_backward"]
@@ -37,14 +37,14 @@ def simple_rnn_forward(x, W, R, b, h0, lengths, reverse, relu, training, y, hT, 
     U = R.shape[0]
     # Input projection of every step: one GEMM before the loop, bias folded in.
     XW = np.empty((B * T, U), x.dtype)
-    np.dot(x.reshape(B * T, D), W, XW)
+    matmul(x.reshape(B * T, D), W, XW)
     add_bias(XW, b)
     XW3 = XW.reshape(B, T, U)
     A = np.empty((B, U), x.dtype)  # h @ R of the current step, all rows; becomes the new h
     h = hT                         # the running state lives in hT: inactive rows simply keep theirs
     h[:, :] = h0
     for s in range(max_length(lengths)):
-        step_matmul(h, R, A)
+        matmul(h, R, A)
         for bb in range(B):
             L = lengths[bb]
             if s >= L:

@@ -72,7 +72,8 @@ def test_threads_sets_and_restores_torch():
 
 def test_peer_point_row():
     """One point end to end (whatever peers are installed): times, the best backend, ratio and sgemm fields."""
-    row = benchmark.peer_point("gru", "inference", 8, 64, 3, threads=1, min_rounds=2, budget_s=0.0)
+    row = benchmark.peer_point("gru", "inference", 8, 64, 3, threads=1, min_rounds=2, budget_s=0.0,
+                               peak_gflops=50.0)
     assert row["fastrnn_backend"] in ("numba", "cython")
     assert row["fastrnn"] == min(t for n, t in row["times"].items() if n.startswith("fastrnn-"))
     assert row["sgemm_fraction"] > 0 and row["gflops"] > 0
@@ -80,6 +81,8 @@ def test_peer_point_row():
         peer_time = min(row["times"][n] for n in ("torch", "ort") if n in row["times"])
         assert row["ratio"] == pytest.approx(row["fastrnn"] / peer_time)
         assert row["ok"] == (row["ratio"] <= benchmark.TARGET_INFERENCE_LARGE)
+        # the sgemm bound: all matmul FLOPs (projection + steps: 2 * B*T*(D+U)*3U) at 50 GFLOP/s over the peer
+        assert row["bound"] == pytest.approx(2 * 64 * 3 * (8 + 8) * 24 / 50e9 / peer_time)
     else:
         assert row["ratio"] is None and row["ok"] is None
     assert "maxdiff" in benchmark.PEER_HEADER and benchmark.format_peer_row(row).startswith("gru")

@@ -166,7 +166,7 @@ def test_no_bias_gives_no_bias_gradient(backend, cell, options):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 def test_numba_step_matmul_in_column_blocks(dtype):
-    """numba_common.step_matmul (the per-step product, in column blocks through BLAS directly) equals a @ b for
+    """numba_common.matmul (the per-step product, in column blocks through BLAS directly) equals a @ b for
     shapes below, above and far above SMALL_GEMM_MNK, with a remainder block, read-only operands included."""
     nc = pytest.importorskip("fastrnn.kernels.numba_common")
     rng = np.random.default_rng(5)
@@ -176,6 +176,6 @@ def test_numba_step_matmul_in_column_blocks(dtype):
         b = rng.standard_normal((k, n)).astype(dtype)
         b.flags.writeable = False
         out = np.full((m, n), np.nan, dtype)
-        nc.step_matmul(a, b, out)
+        nc.matmul(a, b, out)
         np.testing.assert_allclose(out, a.astype(np.float64) @ b, rtol=1e-4 if dtype == np.float32 else 1e-12,
                                    atol=1e-3 if dtype == np.float32 else 1e-10)
