@@ -56,8 +56,12 @@ cdef extern from *:
 # third of its time repacking R every step: measured 50 GFLOP/s whole vs 100-110 in column blocks under the
 # limit (units 128-512, batch 16, float32). Elsewhere blocking costs one more call per block; R is packed once
 # in total either way.
+# Block widths: powers of two from 64. The small kernel was fast on blocks of 64, 128, 256 columns (108-115
+# GFLOP/s) and slow on 16 or 48 (20-70); where only narrower blocks would fit, one whole GEMM is faster (e.g.
+# (64, 512) @ (512, 2048): 84 whole vs 38 in blocks of 16).
 cdef enum:
     SMALL_GEMM_MNK = 1000000
+    MIN_BLOCK = 64
 
 cdef inline void gemm(bint trans_a, bint trans_b, int m, int n, int k,
                       floating alpha, const floating* A, int lda, const floating* B, int ldb,
@@ -78,10 +82,12 @@ cdef inline void gemm(bint trans_a, bint trans_b, int m, int n, int k,
         gemv(trans_b, k, n, alpha, B, ldb, A, lda if trans_a else 1, beta, C)
         return
     cdef int j0, nb = n, width
-    if not trans_a and not trans_b and <double> m * n * k > SMALL_GEMM_MNK and m * k * 16 <= SMALL_GEMM_MNK:
+    if not trans_a and not trans_b and <double> m * n * k > SMALL_GEMM_MNK and m * k * MIN_BLOCK <= SMALL_GEMM_MNK:
         # Column blocks small enough for OpenBLAS's small-matrix GEMM (see SMALL_GEMM_MNK): 2x on the per-step
         # products h @ R at batch 16-64. Each block of C needs only the same columns of B.
-        nb = (SMALL_GEMM_MNK // (m * k)) // 16 * 16
+        nb = MIN_BLOCK
+        while 2 * nb * m * k <= SMALL_GEMM_MNK:
+            nb *= 2
     j0 = 0
     while j0 < n:
         width = min(nb, n - j0)

@@ -270,6 +270,10 @@ def sigmoid_grad(out, g, v, s):
 # ---------------------------------------------------------------------------------------------------------------
 
 SMALL_GEMM_MNK = 1_000_000
+# Block widths: powers of two from 64. The small kernel was fast on blocks of 64, 128, 256 columns (108-115
+# GFLOP/s) and slow on 16 or 48 (20-70); where only narrower blocks would fit, one whole GEMM is faster (e.g.
+# (64, 512) @ (512, 2048): 84 whole vs 38 in blocks of 16).
+MIN_BLOCK = 64
 
 
 @intrinsic
@@ -314,14 +318,16 @@ def _gemm_columns(typingctx, a, b, out, j0, width):
 @njit(**JIT)
 def matmul(a, b, out):
     """out = a @ b (2-D, C-contiguous): the per-step products and the input projection. In column blocks that
-    stay under SMALL_GEMM_MNK when the whole product is above it and blocks of 16 columns or more are under it
+    stay under SMALL_GEMM_MNK when the whole product is above it and blocks of MIN_BLOCK columns are under it
     (measured: never slower than one np.dot; 85 -> 108 GFLOP/s for the (100, 128) @ (128, 512) projection)."""
     m, k = a.shape
     n = b.shape[1]
-    if m < 2 or m * n * k <= SMALL_GEMM_MNK or m * k * 16 > SMALL_GEMM_MNK:
+    if m < 2 or m * n * k <= SMALL_GEMM_MNK or m * k * MIN_BLOCK > SMALL_GEMM_MNK:
         np.dot(a, b, out)  # one row: np.dot's gemv; otherwise one gemm
         return
-    nb = SMALL_GEMM_MNK // (m * k) // 16 * 16
+    nb = MIN_BLOCK
+    while 2 * nb * m * k <= SMALL_GEMM_MNK:
+        nb *= 2
     for j0 in range(0, n, nb):
         _gemm_columns(a, b, out, j0, min(nb, n - j0))
 

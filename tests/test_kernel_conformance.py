@@ -93,9 +93,9 @@ def test_kernel_matches_reference_blas_sized(backend, cell, options, dtype):
 def test_kernel_matches_reference_in_column_blocks(backend, cell, options, dtype):
     """Per-step products above SMALL_GEMM_MNK (batch x units x gates*units > 1e6, also GRU's h @ R[:, :2U] and
     backward's dA @ R.T) run in column blocks of a multiple of 16 plus a remainder: every block must land."""
-    from fastrnn.kernels.numba_common import SMALL_GEMM_MNK
+    from fastrnn.kernels.numba_common import MIN_BLOCK, SMALL_GEMM_MNK
     B, U = 17, 200
-    assert B * U * U > SMALL_GEMM_MNK / 2 and B * U * 16 <= SMALL_GEMM_MNK
+    assert B * U * U > SMALL_GEMM_MNK / 2 and B * U * 4 * MIN_BLOCK <= SMALL_GEMM_MNK
     p = random_problem(cell, B=B, T=5, D=8, U=U, seed=13, lengths="mixed", scale=0.1, **options)
     assert_conforms(backend, cell, options, p, dtype, reverse=False)
 
