@@ -13,22 +13,10 @@ Per-call overhead is kept low: weights are validated (dtype, shape, finiteness, 
 so a call only checks x and the state. Modifying the arrays returned by `weights` in place is allowed (they are
 the live parameters) but skips that validation.
 """
-import math
-
 import numpy as np
 
 from .. import _checks, ops
 from .recurrent import _seed
-
-
-def _array(label, value, dtype):
-    """_checks.as_array with a fast path for what a step loop passes: a C-contiguous ndarray of the cell's dtype
-    whose finiteness one BLAS dot product shows (NaN or inf make it non-finite; a finite array whose dot product
-    overflows goes through the full check, which accepts it)."""
-    if type(value) is np.ndarray and value.dtype == dtype and value.flags.c_contiguous \
-            and math.isfinite(np.vdot(value, value)):
-        return value
-    return _checks.as_array(label, value, dtype)
 
 
 class _Cell:
@@ -114,35 +102,39 @@ class _Cell:
         return int(sum(int(np.prod(s)) for s in self._weight_shapes()))
 
     # -- one step ------------------------------------------------------------------------------------------------
-    def _state(self, label, s, B, unbatched):
-        s = _array(label, s, self.dtype)
-        if s.shape != ((self.hidden_size,) if unbatched else (B, self.hidden_size)):
-            what = f"(hidden_size={self.hidden_size},)" if unbatched else f"(batch={B}, hidden_size={self.hidden_size})"
+    def _state(self, label, s, shape):
+        """A state argument checked like x, of `shape`: (batch, hidden) or, unbatched, (hidden,)."""
+        s = _checks.as_array(label, s, self.dtype)  # no copy, one dot product for what a step loop passes
+        if s.shape != shape:
+            what = f"(hidden_size={shape[0]},)" if len(shape) == 1 else f"(batch={shape[0]}, hidden_size={shape[1]})"
             raise ValueError(f"{label} must have shape {what}; got shape {s.shape}")
-        return s.reshape(B, self.hidden_size) if unbatched else s
+        return s if len(shape) == 2 else s.reshape(1, shape[0])
 
     def _step(self, x, state):
-        x = _array("x", x, self.dtype)
+        # Checks as few and as cheap as complete checks can be: this runs once per time step of a Python loop.
+        x = _checks.as_array("x", x, self.dtype)
         D, H = self.input_size, self.hidden_size
-        if x.ndim == 2 and x.shape[1] == D:
-            unbatched = False
-        elif x.shape == (D,):
-            unbatched = True
+        shape = x.shape
+        if len(shape) == 2 and shape[1] == D:
+            B = shape[0]
+            state_shape = (B, H)
+        elif shape == (D,):
+            B = 1
+            state_shape = (H,)
         else:
-            raise ValueError(f"x must have shape (batch, input_size={D}) or (input_size={D},); got shape {x.shape}")
-        B = 1 if unbatched else x.shape[0]
+            raise ValueError(f"x must have shape (batch, input_size={D}) or (input_size={D},); got shape {shape}")
         if state is None:
             zeros = self._zeros.get(B)
             if zeros is None:
                 zeros = self._zeros[B] = np.zeros((B, H), self.dtype)
             states = (zeros,) * self._n_states
         elif self._n_states == 1:
-            states = (self._state("state", state, B, unbatched),)
+            states = (self._state("state", state, state_shape),)
         else:
             if not isinstance(state, (tuple, list)) or len(state) != 2:
                 raise ValueError(f"state must be a pair (h, c) for LSTMCell; got {type(state).__name__}"
                                  + (f" of length {len(state)}" if isinstance(state, (tuple, list)) else ""))
-            states = (self._state("state h", state[0], B, unbatched), self._state("state c", state[1], B, unbatched))
+            states = (self._state("state h", state[0], state_shape), self._state("state c", state[1], state_shape))
         lengths = self._lengths.get(B)
         if lengths is None:
             lengths = self._lengths[B] = np.ones(B, np.int64)
@@ -155,7 +147,7 @@ class _Cell:
                         False, self.activation, self.reset_after)
         finals = kernel.forward(p, False)[1]
         self.backend_used = kernel.name
-        if unbatched:
+        if len(state_shape) == 1:  # unbatched
             return tuple(f[0] for f in finals)
         return finals
 

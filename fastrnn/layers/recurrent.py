@@ -13,6 +13,10 @@ returns dx (the weight gradients go to `grads`, those of the initial states to `
 
 stateful=True (Keras): the final states of a call are the initial states of the next one (same, fixed batch size);
 `reset_states()` zeros them. Gradients stop at call boundaries (truncated BPTT).
+
+Per-call cost: each call checks x, the states and the mask / lengths as ops.rnn_forward does, but the weights only
+when they may have changed (new arrays, set_weights, or a training call, after which an optimizer writes into them):
+values written into the live arrays by hand between inference calls are not checked for NaN / inf (as for cells).
 """
 import numbers
 import threading
@@ -69,6 +73,11 @@ class RecurrentLayer(Layer):
         self.backend_used = None  # the backend that ran the last call
         self.d_initial_states = None  # gradients of the last backward with respect to the initial states
         self._tape = None
+        self._weights_checked = None  # see _checked_weights
+        # Reused between calls: (backend, dtype, the kernel select_kernel chose for them for non-empty inputs),
+        # and see _defaults.
+        self._kernel = (None, None, None)
+        self._last_defaults = (None, None, None)
         # stateful: the batch size is fixed by batch_input_shape or by the first call
         self._batch_size = self.batch_input_shape[0] if (self.stateful and self.batch_input_shape) else None
         self.states = None
@@ -87,8 +96,8 @@ class RecurrentLayer(Layer):
         return self.bias_initializer(self._bias_shape(), self.dtype, rng)
 
     def _options(self):
-        """Extra keyword arguments for ops.rnn_forward."""
-        return {}
+        """(activation, reset_after) of ops.Problem: what the kernel needs beyond the cell."""
+        return "tanh", True
 
     # -- parameters ----------------------------------------------------------------------------------------------
     def build(self, input_shape):
@@ -115,6 +124,41 @@ class RecurrentLayer(Layer):
         if self.use_bias:
             shapes.append(self._bias_shape())
         return shapes
+
+    def _apply_weights(self, input_shape, arrays):
+        self._weights_checked = None  # the live arrays change in place: check them again at the next call
+        super()._apply_weights(input_shape, arrays)
+
+    def _checked_weights(self, x_shape, training):
+        """(W, R, b, has_bias) for ops.Problem, checked by ops.check_weights like every argument of rnn_forward.
+
+        Inference calls reuse the result while the weight attributes are the same arrays with the same shapes:
+        their dtype, layout and finiteness were checked when first used (checking them again would cost ~2 us of
+        a 10 us call). What changes them in place drops it: set_weights, and a training call (an optimizer step
+        follows it). Assigning new arrays to kernel / recurrent_kernel / bias is seen here. Writing into the live arrays
+        by hand between inference calls skips the finiteness check (as for the cells).
+        """
+        W, R, b = self.kernel, self.recurrent_kernel, (self.bias if self.use_bias else None)
+        c = self._weights_checked
+        if (c is not None and not training and c[0] is W and c[1] is R and c[2] is b and c[3] == W.shape
+                and c[4] == R.shape and (b is None or c[5] == b.shape)):
+            return c[6]
+        checked = ops.check_weights(self.cell, [W, R, b], self.dtype, x_shape, self._options()[1])
+        # Cache only arrays used as they are: a converted copy would miss later in-place changes of the original.
+        unconverted = checked[0] is W and checked[1] is R and (b is None or checked[2] is b)
+        self._weights_checked = (W, R, b, W.shape, R.shape, None if b is None else b.shape, checked) \
+            if unconverted and not training else None
+        return checked
+
+    def _defaults(self, B, T, U):
+        """(lengths of an unpadded batch, zero initial states) for (batch, timesteps, units). Made for the last
+        (B, T, U) and reused: kernels never write their inputs, and these arrays are never handed out."""
+        key, full_lengths, zero_states = self._last_defaults
+        if key != (B, T, U):
+            full_lengths = ops.full_lengths(B, T)
+            zero_states = ops.check_initial_states(self.cell, None, B, U, self.dtype)
+            self._last_defaults = ((B, T, U), full_lengths, zero_states)
+        return full_lengths, zero_states
 
     def _input_shape_from_weights(self, arrays):
         if arrays[0].ndim != 2:
@@ -182,8 +226,21 @@ class RecurrentLayer(Layer):
             if initial_state is None:
                 initial_state = self.states
 
-        out = ops.rnn_forward(self.cell, x, self.weights, initial_state, lens, reverse=self.go_backwards,
-                              training=training, backend=self.backend, dtype=self.dtype, **self._options())
+        # ops.rnn_forward's checks, in its order, less what this layer checked at construction (options) or
+        # keeps checked (weights): the same errors for the same arguments, at a third of the cost.
+        W, R, b, has_bias = self._checked_weights(x.shape, training)
+        full_lengths, zero_states = self._defaults(B, T, R.shape[0])
+        states = zero_states if initial_state is None else \
+            ops.check_initial_states(self.cell, initial_state, B, R.shape[0], self.dtype)
+        activation, reset_after = self._options()
+        p = ops.Problem(self.cell, x, W, R, b, has_bias, states, full_lengths if lens is None else lens,
+                        self.go_backwards, activation, reset_after)
+        backend, dtype, kernel = self._kernel
+        if backend != self.backend or dtype != self.dtype or not (B and T):
+            kernel = ops.select_kernel(self.cell, self.backend, self.dtype, p.shape)
+            if B and T:
+                self._kernel = (self.backend, self.dtype, kernel)
+        out = ops.forward_problem(p, training, kernel)
         self.backend_used = out.backend
         if self.stateful:
             self._batch_size = B
@@ -205,7 +262,9 @@ class RecurrentLayer(Layer):
                 y = y[:, ::-1]  # Keras go_backwards: output step s is processing step s over the flipped sequence
             output = np.ascontiguousarray(y)
         else:
-            output = states[0].copy()
+            # h is fresh from the kernel: copy it only where the same array would be returned twice (with the
+            # states) or written to below (the tape keeps the states, but rnn_backward does not read them).
+            output = states[0].copy() if (self.return_state or lens is not None) else states[0]
             if lens is not None:
                 # Keras returns its last output step: zeros for a row with no valid step (its state stays h0),
                 # and, with zero_output_for_mask, zeros for a row whose last step is padding.
@@ -327,7 +386,7 @@ class SimpleRNN(RecurrentLayer):
         super().__init__(units, **kwargs)
 
     def _options(self):
-        return {"activation": self.activation}
+        return self.activation, True
 
     def get_config(self):
         return dict(super().get_config(), activation=self.activation)
@@ -372,7 +431,7 @@ class GRU(RecurrentLayer):
         return (2, 3 * self.units) if self.reset_after else (3 * self.units,)
 
     def _options(self):
-        return {"reset_after": self.reset_after}
+        return "tanh", self.reset_after
 
     def get_config(self):
         return dict(super().get_config(), reset_after=self.reset_after)
