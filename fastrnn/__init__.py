@@ -13,6 +13,7 @@ from .layers import (GRU, LSTM, Activation, Bidirectional, Dense, Dropout, Embed
 from . import losses, metrics, optimizers
 from .models import Sequential
 from .ops import available_backends, rnn_backward, rnn_forward
+from .threads import get_num_threads, set_num_threads
 
 __version__ = "0.1.0"
 __all__ = [
@@ -20,4 +21,5 @@ __all__ = [
     "Layer", "Input", "Dense", "Embedding", "Dropout", "Activation", "Flatten", "RepeatVector", "Bidirectional",
     "Sequential", "losses", "metrics", "optimizers",
     "rnn_forward", "rnn_backward", "available_backends", "ops", "reference", "initializers", "layers",
+    "set_num_threads", "get_num_threads",
 ]

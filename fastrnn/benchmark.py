@@ -531,7 +531,8 @@ def run_peers(grid, cells=CELLS, modes=peers.MODES, threads=(1,), min_rounds=7, 
     result = dict(points=[], latency=[], threads=tuple(threads), peers=status, grid=grid)
     for n in threads:
         with peers.Threads(n):
-            out(f"\n== {n} thread(s): BLAS (threadpoolctl), torch.set_num_threads({n}), ORT intra_op={n} ==")
+            out(f"\n== {n} thread(s): fastrnn.set_num_threads({n}) (its BLAS on 1 thread), other BLAS (threadpoolctl), "
+                f"torch.set_num_threads({n}), ORT intra_op={n} ==")
             out(PEER_HEADER)
             out("-" * len(PEER_HEADER))
             t_section = time.perf_counter()

@@ -28,9 +28,7 @@ def _thread_counts(text):
 
 
 def _bench(args):
-    from threadpoolctl import threadpool_limits
-
-    from . import benchmark
+    from . import benchmark, peers
     cells = args.cells.split(",") if args.cells else benchmark.CELLS
     unknown = [c for c in cells if c not in benchmark.CELLS]
     if unknown:
@@ -47,7 +45,7 @@ def _bench(args):
     budget = 0.2 if args.smoke else (1.0 if args.budget is None else args.budget)
     for n in args.threads:
         print(f"fastrnn bench: median ms per call, {dtype}, {n} thread(s); 'x..' = speedup over numpy")
-        with threadpool_limits(limits=n):
+        with peers.Threads(n, peers=False):  # fastrnn.set_num_threads(n), its BLAS at 1 thread, other BLAS at n
             benchmark.run_grid(grid, cells=cells, dtype=dtype, budget_s=budget)
     if args.first_call:
         print("\nfirst call in a fresh process (lstm, forward+backward):")
@@ -102,8 +100,8 @@ def main(argv=None):
     bench.add_argument("--cells", help="comma-separated subset of simple_rnn,lstm,gru")
     bench.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     bench.add_argument("--threads", type=_thread_counts, default=[1],
-                       help="thread count(s), comma-separated, e.g. 1,2 (default 1): BLAS threads; with --peers "
-                            "also torch's and onnxruntime's")
+                       help="thread count(s), comma-separated, e.g. 1,2 (default 1): fastrnn.set_num_threads (its "
+                            "BLAS then on 1 thread) and other BLAS pools; with --peers also torch's and onnxruntime's")
     bench.add_argument("--budget", type=float, default=None,
                        help="seconds of timing per grid point (default 1.0; --peers 0.25, after --rounds)")
     bench.add_argument("--rounds", type=int, default=7, help="--peers: minimum round-robin rounds per point")

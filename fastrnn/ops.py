@@ -19,7 +19,7 @@ import numpy as np
 # already loaded, so a `threadpool_limits(1)` around the first call would otherwise miss the kernels' BLAS.
 import scipy.linalg.cython_blas  # noqa: F401
 
-from . import _checks, reference
+from . import _checks, _column_split, reference, threads
 
 GATES = {"simple_rnn": 1, "lstm": 4, "gru": 3}
 N_STATES = {"simple_rnn": 1, "lstm": 2, "gru": 1}
@@ -132,7 +132,35 @@ class CompiledKernel:
                         self._error = f"{self.module_name}: {exc}"
         return self._module
 
+    def blocks(self, p, passes):
+        """Row boundaries [0, b1, ..., B] of the blocks a call runs on fastrnn's threads (fastrnn.threads), or None
+        to run it whole: one thread, or too little work per block to pay for the handoff. `passes`: the call's
+        matmul work in forward passes (forward 1, backward 2)."""
+        n = threads.kernel_threads()
+        if n <= 1:
+            return None
+        B, T, D, U = p.shape
+        n = threads.plan_blocks(n, B, 2.0 * passes * B * T * (D + U) * GATES[p.cell] * U)
+        if n <= 1:
+            return None
+        bounds = threads.split_rows(p.lengths, T, n)
+        return bounds if len(bounds) > 2 else None
+
+    @staticmethod
+    def _run(run, bounds):
+        """run(None) (the whole batch), or run(k, rows) for every block k on fastrnn's threads."""
+        if bounds is None:
+            run(0, None)
+        else:
+            threads.run_blocks(lambda k: run(k, slice(bounds[k], bounds[k + 1])), len(bounds) - 1)
+
     def forward(self, p, training):
+        if not training and self.name == "cython":
+            # Small-batch inference on several cores, each owning a slice of the units (fastrnn._column_split);
+            # None where that does not pay, and the usual path below runs.
+            out = _column_split.maybe_forward(p, threads.get_num_threads())
+            if out is not None:
+                return out[0], out[1], None
         mod = self._load()
         B, T, D, U = p.shape
         dt = p.x.dtype
@@ -140,36 +168,64 @@ class CompiledKernel:
         finals = tuple(np.empty((B, U), dt) for _ in range(N_STATES[p.cell]))
         ws_shape = (lambda w: (B, T, w * U)) if training else (lambda w: (0, 0, 0))
         ws = tuple(np.zeros(ws_shape(w), dt) for _, w in WORKSPACES[p.cell])
-        if p.cell == "simple_rnn":
-            mod.simple_rnn_forward(p.x, p.W, p.R, p.b, p.initial_states[0], p.lengths, p.reverse,
-                                   p.activation == "relu", training, y, finals[0], *ws)
-        elif p.cell == "lstm":
-            mod.lstm_forward(p.x, p.W, p.R, p.b, *p.initial_states, p.lengths, p.reverse, training,
-                             y, *finals, *ws)
-        else:
+        if p.cell == "gru":
             b_in, b_rec = (p.b[0], p.b[1]) if p.reset_after else (p.b, np.zeros_like(p.b))
-            mod.gru_forward(p.x, p.W, p.R, b_in, b_rec, p.initial_states[0], p.lengths, p.reverse, p.reset_after,
-                            training, y, finals[0], *ws)
+
+        def run(k, r):
+            # Rows r of every batch-major array are a kernel problem of their own (kernels/README.md).
+            x, lengths, h0 = (p.x, p.lengths, p.initial_states[0]) if r is None else \
+                (p.x[r], p.lengths[r], p.initial_states[0][r])
+            out = (y, *finals) if r is None else tuple(a[r] for a in (y, *finals))
+            w = ws if r is None or not training else tuple(a[r] for a in ws)
+            if p.cell == "simple_rnn":
+                mod.simple_rnn_forward(x, p.W, p.R, p.b, h0, lengths, p.reverse, p.activation == "relu", training,
+                                       *out, *w)
+            elif p.cell == "lstm":
+                c0 = p.initial_states[1] if r is None else p.initial_states[1][r]
+                mod.lstm_forward(x, p.W, p.R, p.b, h0, c0, lengths, p.reverse, training, *out, *w)
+            else:
+                mod.gru_forward(x, p.W, p.R, b_in, b_rec, h0, lengths, p.reverse, p.reset_after, training, *out, *w)
+
+        self._run(run, self.blocks(p, 1))
         return y, finals, (ws if training else None)
 
     def backward(self, p, ws, dy, d_states):
         mod = self._load()
         B, T, D, U = p.shape
         dt = p.x.dtype
-        dx, dW, dR = np.empty_like(p.x), np.empty_like(p.W), np.empty_like(p.R)
+        GU = GATES[p.cell] * U
+        dx = np.empty_like(p.x)
         d_init = tuple(np.empty((B, U), dt) for _ in range(N_STATES[p.cell]))
-        if p.cell == "simple_rnn":
-            db = np.empty(GATES[p.cell] * U, dt)
-            mod.simple_rnn_backward(p.x, p.W, p.R, p.lengths, p.reverse, p.activation == "relu", *ws,
-                                    dy, d_states[0], dx, d_init[0], dW, dR, db)
-        elif p.cell == "lstm":
-            db = np.empty(GATES[p.cell] * U, dt)
-            mod.lstm_backward(p.x, p.W, p.R, p.lengths, p.reverse, *ws, dy, *d_states, dx, *d_init, dW, dR, db)
+        bounds = self.blocks(p, 2)
+        # Weight gradients are sums over rows: block 0 writes the results, every other block its own buffers,
+        # added to them afterwards in block order (deterministic for a given split).
+        n_db = 2 if p.cell == "gru" else 1
+        wgrads = [(np.empty_like(p.W), np.empty_like(p.R)) + tuple(np.empty(GU, dt) for _ in range(n_db))
+                  for _ in range(1 if bounds is None else len(bounds) - 1)]
+
+        def run(k, r):
+            rows = (lambda a: a) if r is None else (lambda a: a[r])
+            x, lengths = rows(p.x), rows(p.lengths)
+            w = tuple(rows(a) for a in ws)
+            g = rows(dy), *(rows(d) for d in d_states)
+            out = (rows(dx), *(rows(d) for d in d_init)) + wgrads[k]
+            if p.cell == "simple_rnn":
+                mod.simple_rnn_backward(x, p.W, p.R, lengths, p.reverse, p.activation == "relu", *w, *g, *out)
+            elif p.cell == "lstm":
+                mod.lstm_backward(x, p.W, p.R, lengths, p.reverse, *w, *g, *out)
+            else:
+                mod.gru_backward(x, p.W, p.R, lengths, p.reverse, p.reset_after, *w, *g, *out)
+
+        self._run(run, bounds)
+        total = wgrads[0]
+        for other in wgrads[1:]:
+            for acc, part in zip(total, other):
+                acc += part
+        dW, dR = total[0], total[1]
+        if p.cell == "gru":
+            db = np.stack([total[2], total[3]]) if p.reset_after else total[2]
         else:
-            db_in, db_rec = np.empty(3 * U, dt), np.empty(3 * U, dt)
-            mod.gru_backward(p.x, p.W, p.R, p.lengths, p.reverse, p.reset_after, *ws, dy, d_states[0],
-                             dx, d_init[0], dW, dR, db_in, db_rec)
-            db = np.stack([db_in, db_rec]) if p.reset_after else db_in
+            db = total[2]
         return dx, d_init, dW, dR, db
 
 
@@ -219,6 +275,9 @@ def _weights_dtype(weights, dtype):
     if dtype is not None:
         return _checks.float_dtype(dtype)
     kernel_dtype = getattr(weights[0], "dtype", None) if weights else None
+    for known in _checks.FLOAT_DTYPES:
+        if kernel_dtype is known:  # native float32 / float64 (numpy shares these): no new dtype to build
+            return known
     if kernel_dtype is not None and np.dtype(kernel_dtype).kind == "f":
         # A byte-swapped kernel ('>f8' on this machine) is float64 all the same: it must not silently drop to float32.
         native = np.dtype(kernel_dtype).newbyteorder("=")
@@ -232,11 +291,72 @@ def _as_array(name, value, dtype, check_finite=True):
     return _checks.as_array(name, value, dtype, check_finite, " (pass check_finite=False to skip this check)")
 
 
+def check_weights(cell, weights, dtype, x_shape, reset_after=True, check_finite=True):
+    """Check [kernel, recurrent_kernel(, bias)] (a list or tuple of 2 or 3) for inputs x of `x_shape`.
+
+    Returns (W, R, b, has_bias), arrays of `dtype`; b is zeros when there is no bias. make_problem runs it on
+    every call; a layer runs it once per set of weights (its weights do not change between inference calls).
+    """
+    G = GATES[cell]
+    R = _as_array("recurrent_kernel", weights[1], dtype, check_finite)
+    _checks.check_rank("recurrent_kernel", R, 2, lambda: f"(units, {G}*units)")
+    U = R.shape[0]
+    if U == 0:
+        raise ValueError(f"recurrent_kernel must have shape (units, {G}*units) with units >= 1; got shape {R.shape}")
+    _checks.check_shape("recurrent_kernel", R, (U, G * U), lambda: f"(units={U}, {G}*units={G * U})")
+    W = _as_array("kernel", weights[0], dtype, check_finite)
+    D = x_shape[2]
+    if W.ndim == 2 and W.shape[0] != D and W.shape[1] == G * U:
+        raise ValueError(f"x must have shape (batch, timesteps, features={W.shape[0]}) to match kernel "
+                         f"{W.shape}; got shape {tuple(x_shape)}")
+    _checks.check_shape("kernel", W, (D, G * U), lambda: f"(input_dim={D}, {G}*units={G * U})")
+
+    two_biases = cell == "gru" and reset_after
+    b_shape = (2, G * U) if two_biases else (G * U,)
+    has_bias = len(weights) == 3 and weights[2] is not None
+    if has_bias:
+        b = _as_array("bias", weights[2], dtype, check_finite)
+        _checks.check_shape("bias", b, b_shape, lambda: f"(2, 3*units={G * U}) for GRU with reset_after=True"
+                            if two_biases else f"({G}*units={G * U},)")
+    else:
+        b = np.zeros(b_shape, dtype)
+    return W, R, b, has_bias
+
+
+def check_initial_states(cell, initial_states, batch, units, dtype, check_finite=True):
+    """None, h0, or [h0] / [h0, c0] -> a tuple of (batch, units) arrays of `dtype` (zeros for None)."""
+    n = N_STATES[cell]
+    if initial_states is None:
+        # Fresh zeros every call: the Problem (and through it the states) is handed back in RNNOutput.
+        h0 = np.zeros((batch, units), dtype)
+        return (h0,) if n == 1 else (h0, np.zeros((batch, units), dtype))
+    if isinstance(initial_states, np.ndarray) or not isinstance(initial_states, (list, tuple)):
+        initial_states = [initial_states]
+    if len(initial_states) != n:
+        raise ValueError(f"initial_state must hold {n} array(s) {'[h0, c0]' if n == 2 else '[h0]'} "
+                         f"for {cell}; got {len(initial_states)}")
+    states = []
+    for name, s in zip(("initial_state h0", "initial_state c0"), initial_states):
+        if s is None:
+            states.append(np.zeros((batch, units), dtype))
+        else:
+            s = _as_array(name, s, dtype, check_finite)
+            _checks.check_shape(name, s, (batch, units), lambda: f"(batch={batch}, units={units})")
+            states.append(s)
+    return tuple(states)
+
+
+def full_lengths(batch, timesteps):
+    """lengths of a batch without padding: every row has all `timesteps` (empty + fill: np.full costs 3x more)."""
+    lens = np.empty(batch, np.int64)
+    lens.fill(timesteps)
+    return lens
+
+
 def make_problem(cell, x, weights, initial_states=None, lengths=None, reverse=False, activation="tanh",
                  reset_after=True, dtype=None, check_finite=True):
     """Check every argument and return a Problem with arrays of one float dtype."""
     _checks.choice("cell", cell, GATES)
-    G = GATES[cell]
     reverse = _checks.boolean("reverse", reverse)
     reset_after = _checks.boolean("reset_after", reset_after)
     # SimpleRNN takes tanh or relu; LSTM and GRU have tanh (their gates are sigmoids).
@@ -249,50 +369,12 @@ def make_problem(cell, x, weights, initial_states=None, lengths=None, reverse=Fa
     x = _as_array("x", x, dt, check_finite)
     _checks.check_rank("x", x, 3, "(batch, timesteps, features)")
     B, T, D = x.shape
-
-    R = _as_array("recurrent_kernel", weights[1], dt, check_finite)
-    _checks.check_rank("recurrent_kernel", R, 2, f"(units, {G}*units)")
-    U = R.shape[0]
-    if U == 0:
-        raise ValueError(f"recurrent_kernel must have shape (units, {G}*units) with units >= 1; got shape {R.shape}")
-    _checks.check_shape("recurrent_kernel", R, (U, G * U), f"(units={U}, {G}*units={G * U})")
-    W = _as_array("kernel", weights[0], dt, check_finite)
-    if W.ndim == 2 and W.shape[0] != D and W.shape[1] == G * U:
-        raise ValueError(f"x must have shape (batch, timesteps, features={W.shape[0]}) to match kernel "
-                         f"{W.shape}; got shape {x.shape}")
-    _checks.check_shape("kernel", W, (D, G * U), f"(input_dim={D}, {G}*units={G * U})")
-
-    two_biases = cell == "gru" and reset_after
-    b_shape = (2, G * U) if two_biases else (G * U,)
-    has_bias = len(weights) == 3 and weights[2] is not None
-    if has_bias:
-        b = _as_array("bias", weights[2], dt, check_finite)
-        what = f"(2, 3*units={G * U}) for GRU with reset_after=True" if two_biases else f"({G}*units={G * U},)"
-        _checks.check_shape("bias", b, b_shape, what)
-    else:
-        b = np.zeros(b_shape, dt)
-
-    n = N_STATES[cell]
-    if initial_states is None:
-        initial_states = [None] * n
-    elif isinstance(initial_states, np.ndarray) or not isinstance(initial_states, (list, tuple)):
-        initial_states = [initial_states]
-    if len(initial_states) != n:
-        raise ValueError(f"initial_state must hold {n} array(s) {'[h0, c0]' if n == 2 else '[h0]'} "
-                         f"for {cell}; got {len(initial_states)}")
-    states = []
-    for name, s in zip(("initial_state h0", "initial_state c0"), initial_states):
-        if s is None:
-            states.append(np.zeros((B, U), dt))
-        else:
-            s = _as_array(name, s, dt, check_finite)
-            _checks.check_shape(name, s, (B, U), f"(batch={B}, units={U})")
-            states.append(s)
-
+    W, R, b, has_bias = check_weights(cell, weights, dt, x.shape, reset_after, check_finite)
+    states = check_initial_states(cell, initial_states, B, R.shape[0], dt, check_finite)
     lens = _checks.as_lengths(lengths, B, T)
     if lens is None:
-        lens = np.full(B, T, np.int64)
-    return Problem(cell, x, W, R, b, has_bias, tuple(states), lens, reverse, activation, reset_after)
+        lens = full_lengths(B, T)
+    return Problem(cell, x, W, R, b, has_bias, states, lens, reverse, activation, reset_after)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -312,7 +394,13 @@ def rnn_forward(cell, x, weights, initial_states=None, lengths=None, *, reverse=
     check_finite = _checks.boolean("check_finite", check_finite)
     p = make_problem(cell, x, weights, initial_states, lengths, reverse, activation, reset_after, dtype,
                      check_finite)
-    kernel = select_kernel(cell, backend, p.x.dtype, p.shape)
+    return forward_problem(p, training, select_kernel(cell, backend, p.x.dtype, p.shape))
+
+
+def forward_problem(p, training, kernel):
+    """Run a Problem whose arguments are all checked on `kernel` (select_kernel's choice for it): rnn_forward after
+    make_problem, or a layer that checked its own weights once and its call's arguments now (fastrnn.layers).
+    `training` must be a bool."""
     y, states, tape = kernel.forward(p, training)
     return RNNOutput(y, tuple(states), kernel.name, p, tape if training else None)
 

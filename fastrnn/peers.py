@@ -30,9 +30,9 @@ import numpy as np
 # Register SciPy's BLAS (used by the kernels) before any thread limit is entered: threadpoolctl only reaches
 # libraries that are loaded.
 import scipy.linalg.cython_blas  # noqa: F401
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
-from . import ops
+from . import ops, threads
 
 PEERS = ("torch", "onnxruntime")
 FASTRNN_BACKENDS = ("numba", "cython")
@@ -180,30 +180,49 @@ def onnx_model(cell, weights, dtype=np.float32):
 # ---------------------------------------------------------------------------------------------------------------
 
 class Threads:
-    """`with Threads(n):` limits BLAS and OpenMP pools (threadpoolctl) and torch's intra-op threads to n.
-    ONNX Runtime's threads are fixed per session: pass the same n to the runner (intra_op_num_threads)."""
+    """`with Threads(n):` runs every framework at n threads, and restores the thread settings on exit:
 
-    def __init__(self, n):
+    - fastrnn: fastrnn.set_num_threads(n) (the kernels split the batch over n threads, fastrnn.threads), and the
+      kernels' BLAS (SciPy's) at 1 thread: fastrnn's own threads are its parallelism;
+    - every other BLAS and OpenMP pool (NumPy's BLAS, torch's OpenMP) limited to n (threadpoolctl), and torch's
+      intra-op threads set to n. ONNX Runtime's threads are fixed per session: pass the same n to the runner
+      (intra_op_num_threads).
+
+    peers=False: fastrnn and the BLAS pools only (neither imports nor sets up torch)."""
+
+    def __init__(self, n, peers=True):
         self.n = int(n)
+        self.peers = peers
         self._limits = None
         self._torch_old = None
+        self._fastrnn_old = None
 
     def __enter__(self):
         # Import the peers first: threadpoolctl limits only the pools loaded when the limit is entered (torch's
         # OpenMP), and torch's own thread count can only be set once torch is imported.
-        peer_status()
-        self._limits = threadpool_limits(limits=self.n)
-        torch = _modules.get("torch", (None,))[0]
+        if self.peers:
+            peer_status()
+        self._fastrnn_old = threads.get_num_threads()
+        threads.set_num_threads(self.n)
+        kernel_blas = set(threads.blas_thread_counts())
+        ctrl = ThreadpoolController()
+        others = [lc.filepath for lc in ctrl.lib_controllers if lc.filepath not in kernel_blas]
+        # SciPy's BLAS: 1 thread at any n (n = 1: the one thread; n > 1: set_num_threads has limited it already)
+        self._limits = [ctrl.select(filepath=sorted(kernel_blas)).limit(limits=1),
+                        ctrl.select(filepath=others).limit(limits=self.n)]
+        torch = _modules.get("torch", (None,))[0] if self.peers else None
         if torch is not None:
             self._torch_old = torch.get_num_threads()
             torch.set_num_threads(self.n)
         return self
 
     def __exit__(self, *exc):
-        torch = _modules.get("torch", (None,))[0]
+        torch = _modules.get("torch", (None,))[0] if self.peers else None
         if torch is not None and self._torch_old is not None:
             torch.set_num_threads(self._torch_old)
-        self._limits.restore_original_limits()
+        for limit in reversed(self._limits):
+            limit.restore_original_limits()
+        threads.set_num_threads(self._fastrnn_old)
         return False
 
 

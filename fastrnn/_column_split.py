@@ -1,0 +1,189 @@
+"""Inference at small batch on several cores, each owning a slice of the units (kernels/cython_threaded.pyx).
+
+At batch 1-4 a time step is a GEMV-like h @ R plus the gate math: too few rows to split the batch well
+(fastrnn.threads splits rows from batch 4 up), but R's columns split well. With n threads, thread k owns units
+[u0, u1) -- the columns of every gate that belong to them -- packs its part of W and R once per call, and runs the
+whole time loop for its units; the threads meet at a spin barrier once per step (twice for GRU
+reset_after=False), where each has written its part of the new h. See the kernel module's docstring for how.
+
+    y, finals = forward(problem, n_threads)      # inference only; problem from ops.make_problem
+    out = maybe_forward(problem, n_threads)      # the same, or None where it does not pay (ops calls this)
+
+With n_threads > 1 and a problem that qualifies (worthwhile: its shape, not timing), ops always runs this kernel,
+on one thread when the cores are taken: results never depend on timing or on concurrent calls.
+
+Results are the same bit for bit for every thread count (every column's sums run in the same order whatever
+thread owns it), and equal to the single-threaded Cython kernel to float rounding (its BLAS sums in another order:
+so fastrnn.set_num_threads(1) and (2) give results that differ in the last bits for the problems this takes).
+
+When it pays (measured side by side on this 2-core VM, float32, T=100, against the single-threaded Cython kernel
+and against fastrnn.threads' row split; the figures are in the report of issue 6). A call costs ~30-40 us more to
+start and finish the threads, and packing W's and R's columns costs about what a few steps cost; every step then
+costs about half (each core streams half of R). So:
+- enough steps: at least MIN_STEPS, and at least MIN_RECURRENT_FLOPS of per-step matmul work in total
+  (2 * B * steps * G * U^2): break-even measured at 5-10 MFLOP, 1.3-1.6x at ~10-25, 1.5-2.1x beyond
+  (batch 1: LSTM 1.3x at 128 units, 1.65-2.1x at 256-1024; GRU 1.4-2.0x; SimpleRNN 1.0-1.2x at 128-256, 1.9-2.0x
+  at 512-1024);
+- small batches: up to MAX_BATCH rows. At batch 4 this split beat the row split at every point measured (1.1-2.1x
+  vs 1.0-1.6x over one thread, LSTM/GRU/SimpleRNN at 128-512 units). Up to LARGE_R_MAX_BATCH when R is large
+  (LARGE_R_BYTES or more: each core streams half of R each step instead of all of it): at batch 8, 1.4-2.2x vs
+  1.4-1.9x. With a smaller R at batch 8 the two were even (LSTM, GRU at 128 units) or the row split ahead
+  (SimpleRNN at 256 units: 1.35x vs 1.6x).
+
+A per-step barrier needs every thread on a core of its own: a thread that the OS deschedules stalls all of them
+at the next step. Measured with a busy-looping process on one of the 2 cores: column-split calls took 1.8-3x as
+long as one thread (LSTM, units 128-512, batch 1, T=100). So
+- while another column-split call is running, maybe_forward runs on the calling thread alone (no
+  oversubscription by fastrnn itself; same kernel, same results);
+- a call is contended when a thread spent more than CONTENDED_WAIT of it waiting in barriers (a partner was not
+  running; on an idle machine the waits are 1-20% of a call). Sporadic ones happen on an idle machine too (here
+  ~0.5% of calls, a partner stalled for ~0.5-1 ms: kernel threads, the hypervisor). A moving average of the
+  contended calls (weight CONTENDED_WEIGHT for the newest) above CONTENDED_SHARE makes the calls of the next while
+  run on one thread (BACKOFF_S, doubling while it recurs, up to BACKOFF_MAX_S); then it tries again. Sporadic
+  stalls seldom get there (idle: 0-11% of calls ran alone); with the busy process, calls through ops then took
+  about as long as one thread (LSTM at 128-512 units: 0.86-0.98x in the mean, 0.96-1.14x in the median).
+"""
+import threading
+import time
+
+import numpy as np
+
+# Policy, measured (see module docstring).
+MAX_BATCH = 4
+LARGE_R_MAX_BATCH = 8
+LARGE_R_BYTES = 512 * 1024
+MIN_STEPS = 20
+MIN_RECURRENT_FLOPS = 8e6
+# Contention backoff (module docstring): a call is contended when a thread waited more than CONTENDED_WAIT of it;
+# when the moving average of contended calls exceeds CONTENDED_SHARE, calls run on one thread for BACKOFF_S
+# (doubling while it recurs, up to BACKOFF_MAX_S).
+CONTENDED_WAIT = 0.4
+CONTENDED_WEIGHT = 0.25
+CONTENDED_SHARE = 0.3
+BACKOFF_S = 0.1
+BACKOFF_MAX_S = 5.0
+
+_GATES = {"simple_rnn": 1, "lstm": 4, "gru": 3}
+
+_lock = threading.Lock()
+_in_flight = 0            # column-split calls running now (threads > 1)
+_backoff_until = 0.0      # time.monotonic() before which maybe_forward runs calls on one thread
+_backoff = BACKOFF_S
+_contended = 0.0          # moving average of contended calls (1) among column-split calls
+_module = None
+_module_error = None
+
+
+def kernel_module():
+    """fastrnn.kernels.cython_threaded, or None when it is not built (the reason: unavailable_reason())."""
+    global _module, _module_error
+    if _module is None and _module_error is None:
+        try:
+            from .kernels import cython_threaded
+            _module = cython_threaded
+        except ImportError as exc:
+            _module_error = f"fastrnn.kernels.cython_threaded: {exc}"
+    return _module
+
+
+def unavailable_reason():
+    kernel_module()
+    return _module_error
+
+
+def recurrent_flops(p):
+    """Matmul flops of the time loop: 2 * B * steps * G * U^2 (steps: the longest row's length)."""
+    B, T, D, U = p.shape
+    steps = int(p.lengths.max()) if B else 0
+    return 2.0 * B * steps * _GATES[p.cell] * U * U
+
+
+def worthwhile(p, n_threads):
+    """Whether column splitting is expected to beat the alternatives on this problem (inference; module docstring).
+    Depends only on the problem's shape, lengths and dtype, and on n_threads."""
+    B, T, D, U = p.shape
+    if n_threads <= 1 or B < 1 or U < 2:
+        return False
+    large_r = _GATES[p.cell] * U * U * p.x.dtype.itemsize >= LARGE_R_BYTES
+    if B > (LARGE_R_MAX_BATCH if large_r else MAX_BATCH):
+        return False
+    return int(p.lengths.max()) >= MIN_STEPS and recurrent_flops(p) >= MIN_RECURRENT_FLOPS
+
+
+def maybe_forward(p, n_threads):
+    """forward(p, n_threads) where it pays (worthwhile), else None: the caller runs its usual kernel (also when the
+    kernel is not built).
+
+    While another column-split call is running (the cores are taken) or after contention (module docstring), it
+    runs on this thread alone: the same kernel, so the same bits -- results never depend on timing."""
+    global _in_flight
+    if not worthwhile(p, n_threads) or kernel_module() is None:
+        return None
+    with _lock:
+        alone = _in_flight > 0 or time.monotonic() < _backoff_until
+        if not alone:
+            _in_flight += 1
+    if alone:
+        return forward(p, 1)
+    try:
+        return forward(p, n_threads)
+    finally:
+        with _lock:
+            _in_flight -= 1
+
+
+def forward(p, n_threads, stats=None):
+    """Inference of problem p (ops.Problem) on min(n_threads, units) threads: (y, finals).
+
+    y (B, T, U); finals (hT,) or (hT, cT). If a thread cannot be started, runs on the calling thread alone (same
+    results). `stats`: None, or a dict that receives the kernel's counters (threads, unit bounds, barrier waits,
+    PAUSE rounds, yields, sleeps per thread)."""
+    mod = kernel_module()
+    if mod is None:
+        raise RuntimeError(f"column-split kernel not available: {_module_error}")
+    B, T, D, U = p.shape
+    dt = p.x.dtype
+    y = np.empty((B, T, U), dt)
+    finals = tuple(np.empty((B, U), dt) for _ in range(2 if p.cell == "lstm" else 1))
+    st = {} if stats is None else stats
+    n = max(1, int(n_threads))
+    t0 = time.perf_counter()
+    used = _run(mod, p, y, finals, n, st)
+    if used < 0:      # the system refused a thread: nothing usable was written
+        used = _run(mod, p, y, finals, 1, st)
+    if used > 1:
+        _note_contention(st, time.perf_counter() - t0)
+    return y, finals
+
+
+def _run(mod, p, y, finals, n, st):
+    h0 = p.initial_states[0]
+    if p.cell == "simple_rnn":
+        return mod.simple_rnn_forward(p.x, p.W, p.R, p.b, h0, p.lengths, p.reverse, p.activation == "relu",
+                                      y, finals[0], n, st)
+    if p.cell == "lstm":
+        return mod.lstm_forward(p.x, p.W, p.R, p.b, h0, p.initial_states[1], p.lengths, p.reverse,
+                                y, finals[0], finals[1], n, st)
+    b_in, b_rec = (p.b[0], p.b[1]) if p.reset_after else (p.b, p.b)  # b_rec unused without reset_after
+    return mod.gru_forward(p.x, p.W, p.R, b_in, b_rec, h0, p.lengths, p.reverse, p.reset_after, y, finals[0], n, st)
+
+
+def _note_contention(st, seconds):
+    """Note whether a call was contended: some thread waited in barriers for more than CONTENDED_WAIT of its time
+    (kernel stats: wait_ns per thread, the first wait excluded, as it also waits for the threads to start); back
+    off when the moving average passes CONTENDED_SHARE."""
+    global _backoff_until, _backoff, _contended
+    hit = max(st.get("wait_ns", ()), default=0) * 1e-9 > CONTENDED_WAIT * seconds
+    _contended += CONTENDED_WEIGHT * (hit - _contended)
+    if _contended > CONTENDED_SHARE:
+        _contended = 0.0
+        _backoff_until = time.monotonic() + _backoff
+        _backoff = min(2 * _backoff, BACKOFF_MAX_S)
+    elif _contended < 0.01:
+        _backoff = BACKOFF_S   # a run of clean calls: the next backoff starts small again
+
+
+def reset_backoff():
+    """Forget any contention backoff (tests, benchmarks)."""
+    global _backoff_until, _backoff, _contended
+    _backoff_until, _backoff, _contended = 0.0, BACKOFF_S, 0.0
