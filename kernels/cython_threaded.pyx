@@ -33,9 +33,10 @@ Threads: POSIX threads started per call (n - 1 of them; the calling thread is th
 than the caller's, and finished before the call returns (fr_parallel). Starting one costs ~30-40 us here (waking
 the idle core), which the calling thread spends on the preparation of threads that have not started yet
 (packing, projection: _prepare is claimed by whichever thread gets to it first). The barrier spins on a GCC
-__atomic counter: PAUSE, then sched_yield(), then short sleeps (fr_wait), ~40 ns per barrier here between two
-threads doing nothing else, 100-250 ns per step inside the kernel (the barrier and h's cache lines changing
-cores). Each thread sets FTZ/DAZ for itself and restores its mode before leaving (fused_blas.pxd, "Denormals").
+__atomic counter: PAUSE, then sched_yield(), then short sleeps (fr_wait): 40-130 ns per barrier here between
+two threads doing nothing else, 100-350 ns per step inside the kernel (the barrier, and h's cache lines changing
+cores; measured at 2-32 units, where a step has almost no work). Each thread sets FTZ/DAZ for itself and
+restores its mode before leaving (fused_blas.pxd, "Denormals").
 
 Entry points mirror the inference half of the kernel contract (kernels/README.md), plus n_threads and stats:
 
