@@ -154,11 +154,14 @@ class CompiledKernel:
         else:
             threads.run_blocks(lambda k: run(k, slice(bounds[k], bounds[k + 1])), len(bounds) - 1)
 
+    def column_split(self, p):
+        """Small-batch inference on several cores, each owning a slice of the units (fastrnn._column_split, a
+        Cython-built kernel): (y, finals), or None where that does not pay."""
+        return _column_split.maybe_forward(p, threads.get_num_threads())
+
     def forward(self, p, training):
         if not training and self.name == "cython":
-            # Small-batch inference on several cores, each owning a slice of the units (fastrnn._column_split);
-            # None where that does not pay, and the usual path below runs.
-            out = _column_split.maybe_forward(p, threads.get_num_threads())
+            out = self.column_split(p)
             if out is not None:
                 return out[0], out[1], None
         mod = self._load()
@@ -394,13 +397,20 @@ def rnn_forward(cell, x, weights, initial_states=None, lengths=None, *, reverse=
     check_finite = _checks.boolean("check_finite", check_finite)
     p = make_problem(cell, x, weights, initial_states, lengths, reverse, activation, reset_after, dtype,
                      check_finite)
-    return forward_problem(p, training, select_kernel(cell, backend, p.x.dtype, p.shape))
+    return forward_problem(p, training, select_kernel(cell, backend, p.x.dtype, p.shape), backend)
 
 
-def forward_problem(p, training, kernel):
-    """Run a Problem whose arguments are all checked on `kernel` (select_kernel's choice for it): rnn_forward after
-    make_problem, or a layer that checked its own weights once and its call's arguments now (fastrnn.layers).
-    `training` must be a bool."""
+def forward_problem(p, training, kernel, backend="auto"):
+    """Run a Problem whose arguments are all checked on `kernel` (select_kernel's choice for `backend`):
+    rnn_forward after make_problem, or a layer that checked its own weights once and its call's arguments now
+    (fastrnn.layers). `training` must be a bool."""
+    if backend == "auto" and not training and kernel.name == "numba":
+        # "auto" also takes the column-split kernel where it pays (small-batch inference on several threads);
+        # it is built with the Cython backend, and RNNOutput.backend says so.
+        cython = KERNELS.get((p.cell, "cython", p.x.dtype))
+        out = cython.column_split(p) if cython is not None and cython.available() else None
+        if out is not None:
+            return RNNOutput(out[0], tuple(out[1]), cython.name, p, None)
     y, states, tape = kernel.forward(p, training)
     return RNNOutput(y, tuple(states), kernel.name, p, tape if training else None)
 

@@ -240,7 +240,7 @@ class RecurrentLayer(Layer):
             kernel = ops.select_kernel(self.cell, self.backend, self.dtype, p.shape)
             if B and T:
                 self._kernel = (self.backend, self.dtype, kernel)
-        out = ops.forward_problem(p, training, kernel)
+        out = ops.forward_problem(p, training, kernel, self.backend)
         self.backend_used = out.backend
         if self.stateful:
             self._batch_size = B
