@@ -169,8 +169,11 @@ class CompiledKernel:
         dt = p.x.dtype
         y = np.empty((B, T, U), dt)
         finals = tuple(np.empty((B, U), dt) for _ in range(N_STATES[p.cell]))
-        ws_shape = (lambda w: (B, T, w * U)) if training else (lambda w: (0, 0, 0))
-        ws = tuple(np.zeros(ws_shape(w), dt) for _, w in WORKSPACES[p.cell])
+        if training:
+            ws = tuple(np.zeros((B, T, w * U), dt) for _, w in WORKSPACES[p.cell])
+        else:
+            ws = _NO_WORKSPACE[dt][p.cell]  # ignored in inference (kernels/README.md): one shared empty array
+        bounds = self.blocks(p, 1)
         if p.cell == "gru":
             b_in, b_rec = (p.b[0], p.b[1]) if p.reset_after else (p.b, np.zeros_like(p.b))
 
@@ -189,7 +192,7 @@ class CompiledKernel:
             else:
                 mod.gru_forward(x, p.W, p.R, b_in, b_rec, h0, lengths, p.reverse, p.reset_after, training, *out, *w)
 
-        self._run(run, self.blocks(p, 1))
+        self._run(run, bounds)
         return y, finals, (ws if training else None)
 
     def backward(self, p, ws, dy, d_states):
@@ -231,6 +234,14 @@ class CompiledKernel:
             db = total[2]
         return dx, d_init, dW, dR, db
 
+
+# Inference passes the kernels empty workspaces (they ignore them; size 0, nothing to write): shared, per dtype and
+# cell. Writable, because the Numba signatures type workspaces as outputs.
+_NO_WORKSPACE = {}
+for _dt in _checks.FLOAT_DTYPES:
+    _empty = np.zeros((0, 0, 0), _dt)
+    _NO_WORKSPACE[_dt] = {cell: (_empty,) * len(ws) for cell, ws in WORKSPACES.items()}
+del _dt, _empty
 
 # The one dispatch table: (cell, backend, dtype) -> kernel.
 KERNELS = {}
