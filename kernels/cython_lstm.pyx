@@ -11,7 +11,7 @@ from libc.stdint cimport int64_t
 from libc.string cimport memcpy
 
 from fused_blas cimport (active_inputs, active_rows, column_sums, flush_denormals, gemm, has_padding, max_length,
-                         position, restore_fp_mode, sigmoid_inplace, tanh_, tanh_inplace, transpose, zero_padding)
+                         lstm_row, position, restore_fp_mode, tanh_, transpose, zero_padding)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -55,7 +55,6 @@ cdef void _forward(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
     cdef floating one = 1, zero = 0
     cdef Py_ssize_t s, bb, t, j, lo, hi, n_steps, pos, G = 4 * U
     cdef bint training = ws_hprev != NULL
-    cdef const floating* xrow
     cdef floating* a
     cdef floating* hrow
     cdef floating* crow
@@ -92,19 +91,9 @@ cdef void _forward(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
             if training:
                 memcpy(ws_hprev + pos * U, hrow, U * sizeof(floating))
                 memcpy(ws_cprev + pos * U, crow, U * sizeof(floating))
-            # The gate math as a few plain loops over contiguous runs, which gcc vectorizes (see fused_blas).
-            # a = hr row + xw row + b, then activated in place: i, f | g | o
+            # a = hr row + xw row + b, activated in place (i, f | g | o); the new c and h (fused_blas.lstm_row)
             a = hr + bb * G
-            xrow = xw + pos * G
-            for j in range(G):
-                a[j] += xrow[j] + bias[j]
-            sigmoid_inplace(a, 2 * U)
-            tanh_inplace(a + 2 * U, U)
-            sigmoid_inplace(a + 3 * U, U)
-            for j in range(U):
-                crow[j] = a[U + j] * crow[j] + a[j] * a[2 * U + j]
-            for j in range(U):
-                hrow[j] = a[3 * U + j] * tanh_(crow[j])
+            lstm_row(a, xw + pos * G, bias, U, crow, hrow)
             memcpy(yrow, hrow, U * sizeof(floating))
             if training:
                 memcpy(ws_gates + pos * G, a, G * sizeof(floating))

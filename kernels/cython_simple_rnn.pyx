@@ -10,7 +10,7 @@ from libc.stdint cimport int64_t
 from libc.string cimport memcpy
 
 from fused_blas cimport (active_inputs, active_rows, column_sums, flush_denormals, gemm, has_padding, max_length,
-                         position, restore_fp_mode, tanh_inplace, transpose, zero_padding)
+                         position, restore_fp_mode, simple_rnn_row, transpose, zero_padding)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -49,7 +49,6 @@ cdef void _forward(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
     # inactive are simply not written, so it ends as each row's state after its own last step.
     cdef floating one = 1, zero = 0
     cdef Py_ssize_t s, bb, t, j, lo, hi, n_steps, pos
-    cdef const floating* xrow
     cdef floating* a
     cdef floating* hrow
 
@@ -77,16 +76,8 @@ cdef void _forward(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
             hrow = h + bb * U
             if ws_hprev != NULL:
                 memcpy(ws_hprev + pos * U, hrow, U * sizeof(floating))
-            # plain loops over one row, which gcc vectorizes (see fused_blas)
             a = hr + bb * U
-            xrow = xw + pos * U
-            for j in range(U):
-                a[j] += xrow[j] + bias[j]
-            if relu:
-                for j in range(U):
-                    a[j] = zero if a[j] <= zero else a[j]  # NaN is not <= 0: it propagates, like np.maximum
-            else:
-                tanh_inplace(a, U)
+            simple_rnn_row(a, xw + pos * U, bias, U, relu)  # the new h, in place (fused_blas)
             memcpy(hrow, a, U * sizeof(floating))
             memcpy(y + pos * U, a, U * sizeof(floating))
             if ws_hprev != NULL:

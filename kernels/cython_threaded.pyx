@@ -57,8 +57,8 @@ from cython cimport floating
 from libc.stdint cimport int64_t, uintptr_t
 from libc.string cimport memcpy, memset
 
-from fused_blas cimport (active_rows, flush_denormals, max_length, position, restore_fp_mode, sigmoid_inplace, tanh_,
-                         tanh_inplace)
+from fused_blas cimport (active_rows, flush_denormals, lstm_row, max_length, position, restore_fp_mode,
+                         sigmoid_inplace, simple_rnn_row, tanh_inplace)
 
 
 cdef extern from *:
@@ -460,29 +460,25 @@ cdef extern from *:
         return isa < fr_isa_max ? isa : fr_isa_max;
     }
 
-    static void fr_matmul_f32(int M, int K, const float* A, ptrdiff_t lda, const float* P, int N, float* C,
-                              ptrdiff_t ldc, int isa) {
-        if (M <= 0 || N <= 0)
-            return;
+    /* fr_matmul_f32 / fr_matmul_f64: the product on the instruction set `isa` (fr_isa()). */
     #if defined(FR_X86)
-        if (isa == 2) { fr_matmul_f32_avx512(M, K, A, lda, P, N, C, ldc); return; }
-        if (isa == 1) { fr_matmul_f32_avx2(M, K, A, lda, P, N, C, ldc); return; }
+    #define FR_DISPATCH_ISA(NAME, ...)                                                                      \
+        if (isa == 2) { NAME##_avx512(__VA_ARGS__); return; }                                                  \
+        if (isa == 1) { NAME##_avx2(__VA_ARGS__); return; }
+    #else
+    #define FR_DISPATCH_ISA(NAME, ...)
     #endif
-        (void) isa;
-        fr_matmul_f32_base(M, K, A, lda, P, N, C, ldc);
+    #define FR_DEFINE_DISPATCH(T, NAME)                                                                        \
+    static void NAME(int M, int K, const T* A, ptrdiff_t lda, const T* P, int N, T* C, ptrdiff_t ldc,         \
+                     int isa) {                                                                                \
+        if (M <= 0 || N <= 0)                                                                                  \
+            return;                                                                                            \
+        FR_DISPATCH_ISA(NAME, M, K, A, lda, P, N, C, ldc)                                                   \
+        (void) isa;                                                                                            \
+        NAME##_base(M, K, A, lda, P, N, C, ldc);                                                               \
     }
-
-    static void fr_matmul_f64(int M, int K, const double* A, ptrdiff_t lda, const double* P, int N, double* C,
-                              ptrdiff_t ldc, int isa) {
-        if (M <= 0 || N <= 0)
-            return;
-    #if defined(FR_X86)
-        if (isa == 2) { fr_matmul_f64_avx512(M, K, A, lda, P, N, C, ldc); return; }
-        if (isa == 1) { fr_matmul_f64_avx2(M, K, A, lda, P, N, C, ldc); return; }
-    #endif
-        (void) isa;
-        fr_matmul_f64_base(M, K, A, lda, P, N, C, ldc);
-    }
+    FR_DEFINE_DISPATCH(float, fr_matmul_f32)
+    FR_DEFINE_DISPATCH(double, fr_matmul_f64)
     """
     ctypedef struct fr_barrier:
         int n
@@ -729,15 +725,7 @@ cdef void _thread(floating* typed, Shared* S, int k) noexcept nogil:
                 xrow = xw + pos * GN
                 crow = cT + bb * U + u0
                 hrow = hnext + bb * U + u0
-                for j in range(GN):
-                    a[j] += xrow[j] + bi[j]
-                sigmoid_inplace(a, 2 * nu)
-                tanh_inplace(a + 2 * nu, nu)
-                sigmoid_inplace(a + 3 * nu, nu)
-                for j in range(nu):
-                    crow[j] = a[nu + j] * crow[j] + a[j] * a[2 * nu + j]
-                for j in range(nu):
-                    hrow[j] = a[3 * nu + j] * tanh_(crow[j])
+                lstm_row(a, xrow, bi, nu, crow, hrow)
                 memcpy(y + pos * U + u0, hrow, nu * sizeof(floating))
 
         elif cell == SIMPLE:
@@ -749,13 +737,7 @@ cdef void _thread(floating* typed, Shared* S, int k) noexcept nogil:
                 pos = bb * T + t
                 a = hr + bb * GN
                 xrow = xw + pos * GN
-                for j in range(nu):
-                    a[j] += xrow[j] + bi[j]
-                if relu:
-                    for j in range(nu):
-                        a[j] = zero if a[j] <= zero else a[j]  # NaN is not <= 0: it propagates
-                else:
-                    tanh_inplace(a, nu)
+                simple_rnn_row(a, xrow, bi, nu, relu)
                 memcpy(hnext + bb * U + u0, a, nu * sizeof(floating))
                 memcpy(y + pos * U + u0, a, nu * sizeof(floating))
 

@@ -296,6 +296,41 @@ cdef inline void tanh_inplace(floating* a, Py_ssize_t n) noexcept nogil:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# The forward gate math of one row over n units, shared by the whole-batch kernels (n = units) and the
+# column-split kernel (cython_threaded, n = a thread's units). `a` holds the row's h @ R, gate-major blocks of n;
+# xrow and bias the matching input projection and bias. Plain loops over contiguous runs, which gcc vectorizes.
+# ---------------------------------------------------------------------------------------------------------------
+
+cdef inline void simple_rnn_row(floating* a, const floating* xrow, const floating* bias, Py_ssize_t n,
+                                bint relu) noexcept nogil:
+    """a = act(a + xrow + bias): the new h, in place."""
+    cdef Py_ssize_t j
+    cdef floating zero = 0
+    for j in range(n):
+        a[j] += xrow[j] + bias[j]
+    if relu:
+        for j in range(n):
+            a[j] = zero if a[j] <= zero else a[j]  # NaN is not <= 0: it propagates, like np.maximum
+    else:
+        tanh_inplace(a, n)
+
+
+cdef inline void lstm_row(floating* a, const floating* xrow, const floating* bias, Py_ssize_t n, floating* c,
+                          floating* h) noexcept nogil:
+    """a (i, f, g, o) = activated a + xrow + bias, in place; c = f * c + i * g; h = o * tanh(c)."""
+    cdef Py_ssize_t j
+    for j in range(4 * n):
+        a[j] += xrow[j] + bias[j]
+    sigmoid_inplace(a, 2 * n)
+    tanh_inplace(a + 2 * n, n)
+    sigmoid_inplace(a + 3 * n, n)
+    for j in range(n):
+        c[j] = a[n + j] * c[j] + a[j] * a[2 * n + j]
+    for j in range(n):
+        h[j] = a[3 * n + j] * tanh_(c[j])
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Lengths: which rows run at a processing step, and where their data sits
 # ---------------------------------------------------------------------------------------------------------------
 
