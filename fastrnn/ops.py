@@ -154,16 +154,7 @@ class CompiledKernel:
         else:
             threads.run_blocks(lambda k: run(k, slice(bounds[k], bounds[k + 1])), len(bounds) - 1)
 
-    def column_split(self, p):
-        """Small-batch inference on several cores, each owning a slice of the units (fastrnn._column_split, a
-        Cython-built kernel): (y, finals), or None where that does not pay."""
-        return _column_split.maybe_forward(p, threads.get_num_threads())
-
     def forward(self, p, training):
-        if not training and self.name == "cython":
-            out = self.column_split(p)
-            if out is not None:
-                return out[0], out[1], None
         mod = self._load()
         B, T, D, U = p.shape
         dt = p.x.dtype
@@ -415,13 +406,12 @@ def forward_problem(p, training, kernel, backend="auto"):
     """Run a Problem whose arguments are all checked on `kernel` (select_kernel's choice for `backend`):
     rnn_forward after make_problem, or a layer that checked its own weights once and its call's arguments now
     (fastrnn.layers). `training` must be a bool."""
-    if backend == "auto" and not training and kernel.name == "numba":
-        # "auto" also takes the column-split kernel where it pays (small-batch inference on several threads);
-        # it is built with the Cython backend, and RNNOutput.backend says so.
-        cython = KERNELS.get((p.cell, "cython", p.x.dtype))
-        out = cython.column_split(p) if cython is not None and cython.available() else None
+    if not training and (kernel.name == "cython" or (backend == "auto" and kernel.name == "numba")):
+        # Small-batch inference on several threads: the column-split kernel (fastrnn._column_split) where it pays
+        # (None elsewhere, or when it is not built). It is built with the Cython backend: RNNOutput.backend says so.
+        out = _column_split.maybe_forward(p, threads.get_num_threads())
         if out is not None:
-            return RNNOutput(out[0], tuple(out[1]), cython.name, p, None)
+            return RNNOutput(out[0], tuple(out[1]), "cython", p, None)
     y, states, tape = kernel.forward(p, training)
     return RNNOutput(y, tuple(states), kernel.name, p, tape if training else None)
 
