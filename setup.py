@@ -16,7 +16,8 @@ extensions = [
     Extension(
         "fastrnn.kernels." + os.path.splitext(os.path.basename(path))[0],
         [os.path.relpath(path, HERE)],
-        include_dirs=[numpy.get_include()],
+        # kernels/: packed_gemm.h, included through fused_blas.pxd
+        include_dirs=[numpy.get_include(), os.path.relpath(os.path.join(HERE, "kernels"), HERE)],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         # -fno-trapping-math: lets gcc if-convert, and so vectorize, the selects of fused_blas's exp/sigmoid/tanh
         # (FP exception flags are never read; NaN and inf results are unchanged).

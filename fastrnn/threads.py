@@ -59,10 +59,10 @@ ENV_VAR = "FASTRNN_NUM_THREADS"
 # call gets at most flops / MIN_FLOPS_PER_BLOCK blocks. Measured (forced splits, 2 threads vs 1): break-even at
 # 13-20 MFLOP per call (~0.3-0.4 ms at one thread), 1.1-1.4x at 40-50 MFLOP, >= 1.6x from ~150 MFLOP.
 MIN_FLOPS_PER_BLOCK = 16e6
-# A block of one row turns the kernels' per-step GEMM into a GEMV (other code, other rounding): every block gets
-# at least this many rows, so split forward results equal unsplit ones bit for bit (one exception: the Cython
-# kernels use GEMV for a step whose active rows are a single row, so with ragged lengths a row can take GEMV in its
-# block and GEMM in the whole batch, a difference in the last bit).
+# A block of one row turns the Numba kernels' per-step GEMM into a GEMV (other code, other rounding): every block
+# gets at least this many rows, so their split forward results equal unsplit ones bit for bit. The Cython kernels'
+# packed product sums a row in an order that depends on its place in a block of 4 rows (fused_blas.packed_matmul):
+# split and unsplit results are equal to rounding (the same on every run at a given thread count).
 MIN_ROWS_PER_BLOCK = 2
 # Large batches go in BLOCKS_PER_THREAD blocks per thread, none under ROWS_PER_EXTRA_BLOCK rows. The threads claim
 # blocks as they get free, which also evens out a thread that started late or was slowed by another process.

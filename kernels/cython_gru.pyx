@@ -12,8 +12,9 @@ from cython cimport floating
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy, memset
 
-from fused_blas cimport (active_inputs, active_rows, column_sums, flush_denormals, gemm, has_padding, max_length,
-                         position, restore_fp_mode, sigmoid_inplace, tanh_inplace, transpose, zero_padding)
+from fused_blas cimport (active_inputs, active_rows, column_sums, flush_denormals, fr_isa, gemm, has_padding,
+                         max_length, pack_for, pack_pays, packed_elements, position, product, restore_fp_mode,
+                         sigmoid_inplace, tanh_inplace, zero_padding)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -32,6 +33,13 @@ def gru_forward(const floating[:, :, ::1] x, const floating[:, ::1] W, const flo
     cdef floating[:, ::1] xw = np.empty((B * T, 3 * U), dtype)
     cdef floating[:, ::1] hr = np.empty((B, 3 * U), dtype)
     cdef floating[:, ::1] rh = np.zeros((B if not reset_after else 1, U), dtype)
+    # W and R packed for fused_blas.product where that pays (pack_for); reset_after=False: R's [z, r] columns in
+    # Rbuf, its h columns in Rhbuf
+    cdef Py_ssize_t n_steps = max_length(&lengths[0], B), item = sizeof(floating)
+    cdef bint pack_r = pack_pays(n_steps)
+    cdef floating[::1] Wbuf = np.empty(packed_elements(D, 3 * U, item) if pack_pays((B * T + 3) // 4) else 1, dtype)
+    cdef floating[::1] Rbuf = np.empty(packed_elements(U, (3 if reset_after else 2) * U, item) if pack_r else 1, dtype)
+    cdef floating[::1] Rhbuf = np.empty(packed_elements(U, U, item) if pack_r and not reset_after else 1, dtype)
     cdef floating* ws[3]  # NULL in inference mode, where the workspaces may have size 0
     ws[0] = ws[1] = ws[2] = NULL
     if training:
@@ -46,19 +54,20 @@ def gru_forward(const floating[:, :, ::1] x, const floating[:, ::1] W, const flo
         if reset_after:
             _forward_reset_after(B, T, D, U, &x[0, 0, 0], &W[0, 0], &R[0, 0], &b_in[0], &b_rec[0], &h0[0, 0],
                                  &lengths[0], reverse, &y[0, 0, 0], &hT[0, 0], ws[0], ws[1], ws[2],
-                                 &xw[0, 0], &hr[0, 0])
+                                 &xw[0, 0], &hr[0, 0], &Wbuf[0], &Rbuf[0])
         else:
             _forward_reset_before(B, T, D, U, &x[0, 0, 0], &W[0, 0], &R[0, 0], &b_in[0], &h0[0, 0],
                                   &lengths[0], reverse, &y[0, 0, 0], &hT[0, 0], ws[0], ws[1], ws[2],
-                                  &xw[0, 0], &hr[0, 0], &rh[0, 0])
+                                  &xw[0, 0], &hr[0, 0], &rh[0, 0], &Wbuf[0], &Rbuf[0], &Rhbuf[0])
         restore_fp_mode(fp_mode)
 
 
 cdef void _start(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U, const floating* x, const floating* W,
                  const floating* h0, const int64_t* lengths, floating* y, floating* h,
-                 floating* ws_hprev, floating* ws_gates, floating* ws_vh, floating* xw) noexcept nogil:
+                 floating* ws_hprev, floating* ws_gates, floating* ws_vh, floating* xw, floating* Wbuf,
+                 int isa) noexcept nogil:
     """What both forward variants do before the time loop."""
-    cdef floating one = 1, zero = 0
+    cdef const floating* Wp
     memcpy(h, h0, B * U * sizeof(floating))
     zero_padding(y, lengths, B, T, U)
     if ws_hprev != NULL:
@@ -68,8 +77,8 @@ cdef void _start(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U, const f
         if ws_vh != NULL:
             zero_padding(ws_vh, lengths, B, T, U)
     if max_length(lengths, B) > 0:
-        gemm(False, False, <int> (B * T), <int> (3 * U), <int> D, one, x, <int> D, W, <int> (3 * U),
-             zero, xw, <int> (3 * U))
+        Wp = pack_for((B * T + 3) // 4, W, 3 * U, D, 3 * U, False, Wbuf)
+        product(B * T, D, x, D, W, 3 * U, False, Wp, 3 * U, xw, 3 * U, isa)
 
 
 cdef void _forward_reset_after(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
@@ -77,23 +86,25 @@ cdef void _forward_reset_after(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssiz
                                const floating* b_in, const floating* b_rec, const floating* h0,
                                const int64_t* lengths, bint reverse, floating* y, floating* h,
                                floating* ws_hprev, floating* ws_gates, floating* ws_vh,
-                               floating* xw, floating* hr) noexcept nogil:
+                               floating* xw, floating* hr, floating* Wbuf, floating* Rbuf) noexcept nogil:
     # The running state lives in the output hT (= h); inactive rows are not written.
-    cdef floating one = 1, zero = 0
+    cdef floating one = 1
     cdef Py_ssize_t s, bb, t, j, lo, hi, n_steps, G = 3 * U, pos
     cdef bint training = ws_hprev != NULL
+    cdef int isa = fr_isa()
+    cdef const floating* Rp
     cdef const floating* u
     cdef floating* v
     cdef floating* hrow
     cdef floating* yrow
 
-    _start(B, T, D, U, x, W, h0, lengths, y, h, ws_hprev, ws_gates, ws_vh, xw)
+    _start(B, T, D, U, x, W, h0, lengths, y, h, ws_hprev, ws_gates, ws_vh, xw, Wbuf, isa)
     n_steps = max_length(lengths, B)
+    Rp = pack_for(n_steps, R, G, U, G, False, Rbuf)
     for s in range(n_steps):
         active_rows(lengths, B, s, &lo, &hi)
         # hr = h @ R (all three gates at once) for the block of rows holding the active ones
-        gemm(False, False, <int> (hi - lo), <int> G, <int> U, one, h + lo * U, <int> U, R, <int> G,
-             zero, hr + lo * G, <int> G)
+        product(hi - lo, U, h + lo * U, U, R, G, False, Rp, G, hr + lo * G, G, isa)
         for bb in range(lo, hi):
             if lengths[bb] <= s:
                 continue
@@ -128,27 +139,32 @@ cdef void _forward_reset_before(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssi
                                 const floating* bias, const floating* h0,
                                 const int64_t* lengths, bint reverse, floating* y, floating* h,
                                 floating* ws_hprev, floating* ws_gates, floating* ws_vh,
-                                floating* xw, floating* hr, floating* rh) noexcept nogil:
+                                floating* xw, floating* hr, floating* rh, floating* Wbuf, floating* Rbuf,
+                                floating* Rhbuf) noexcept nogil:
     # reset_after=False needs r before the h gate's matmul, so each step is: matmul (z, r columns of R),
     # pass 1 (z, r, r * h_prev), matmul (h columns of R), pass 2 (hh, new state). The column blocks of R are
-    # addressed in place through BLAS leading dimensions: R[:, :2U] = (R, ld 3U), R[:, 2U:] = (R + 2U, ld 3U).
-    # hr's row holds [z, r, (r * h_prev) R_h] between the passes, then [z, r, hh].
-    cdef floating one = 1, zero = 0
+    # addressed in place through BLAS leading dimensions: R[:, :2U] = (R, ld 3U), R[:, 2U:] = (R + 2U, ld 3U)
+    # (or packed each on its own). hr's row holds [z, r, (r * h_prev) R_h] between the passes, then [z, r, hh].
+    cdef floating one = 1
     cdef Py_ssize_t s, bb, t, j, lo, hi, n_steps, G = 3 * U, pos
     cdef bint training = ws_hprev != NULL
+    cdef int isa = fr_isa()
+    cdef const floating* Rp
+    cdef const floating* Rhp
     cdef const floating* u
     cdef floating* v
     cdef floating* hrow
     cdef floating* yrow
 
-    _start(B, T, D, U, x, W, h0, lengths, y, h, ws_hprev, ws_gates, NULL, xw)
+    _start(B, T, D, U, x, W, h0, lengths, y, h, ws_hprev, ws_gates, NULL, xw, Wbuf, isa)
     if ws_vh != NULL:
         memset(ws_vh, 0, B * T * U * sizeof(floating))  # unused here; zeros rather than whatever was there
     n_steps = max_length(lengths, B)
+    Rp = pack_for(n_steps, R, G, U, 2 * U, False, Rbuf)
+    Rhp = pack_for(n_steps, R + 2 * U, G, U, U, False, Rhbuf)
     for s in range(n_steps):
         active_rows(lengths, B, s, &lo, &hi)
-        gemm(False, False, <int> (hi - lo), <int> (2 * U), <int> U, one, h + lo * U, <int> U, R, <int> G,
-             zero, hr + lo * G, <int> G)
+        product(hi - lo, U, h + lo * U, U, R, G, False, Rp, 2 * U, hr + lo * G, G, isa)
         for bb in range(lo, hi):
             if lengths[bb] <= s:
                 continue
@@ -162,8 +178,7 @@ cdef void _forward_reset_before(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssi
             sigmoid_inplace(v, 2 * U)
             for j in range(U):
                 rh[bb * U + j] = v[U + j] * hrow[j]
-        gemm(False, False, <int> (hi - lo), <int> U, <int> U, one, rh + lo * U, <int> U, R + 2 * U, <int> G,
-             zero, hr + lo * G + 2 * U, <int> G)
+        product(hi - lo, U, rh + lo * U, U, R + 2 * U, G, False, Rhp, U, hr + lo * G + 2 * U, G, isa)
         for bb in range(lo, hi):
             if lengths[bb] <= s:
                 continue
@@ -205,8 +220,15 @@ def gru_backward(const floating[:, :, ::1] x, const floating[:, ::1] W, const fl
     cdef floating[:, ::1] extra = np.empty((B * T, 3 * U if reset_after else U), dtype)
     cdef floating[:, ::1] dstep = np.empty((B, 3 * U), dtype)
     cdef floating[:, ::1] dhr = np.empty((B, U), dtype)
-    cdef floating[:, ::1] RT = np.empty((3 * U, U), dtype)
     cdef double[::1] acc = np.empty(3 * U, np.float64)
+    # Packed for fused_blas.product where that pays: W.T (dx), and R.T (every step; reset_after=False: R[:, :2U].T
+    # in RTbuf, R[:, 2U:].T in RhTbuf)
+    cdef Py_ssize_t n_steps = max_length(&lengths[0], B), item = sizeof(floating)
+    cdef bint pack_r = pack_pays(n_steps)
+    cdef floating[::1] WTbuf = np.empty(packed_elements(3 * U, D, item) if pack_pays((B * T + 3) // 4) else 1, dtype)
+    cdef floating[::1] RTbuf = np.empty(packed_elements((3 if reset_after else 2) * U, U, item) if pack_r else 1,
+                                        dtype)
+    cdef floating[::1] RhTbuf = np.empty(packed_elements(U, U, item) if pack_r and not reset_after else 1, dtype)
     # x with zeros at padded positions for dW (fused_blas.active_inputs), only when some row is padded
     cdef bint padded = has_padding(&lengths[0], B, T)
     cdef floating[:, :, ::1] x_active = np.empty((B if padded else 1, T if padded else 1, D if padded else 1),
@@ -217,12 +239,13 @@ def gru_backward(const floating[:, :, ::1] x, const floating[:, ::1] W, const fl
         fp_mode = flush_denormals()
         xa = active_inputs(&x[0, 0, 0], &lengths[0], B, T, D, &x_active[0, 0, 0] if padded else NULL)
         if reset_after:
-            _backward_reset_after(B, T, D, U, xa, &W[0, 0], &R[0, 0], &RT[0, 0], &lengths[0], reverse,
+            _backward_reset_after(B, T, D, U, xa, &W[0, 0], &R[0, 0], &WTbuf[0], &RTbuf[0], &lengths[0], reverse,
                                   &ws_hprev[0, 0, 0], &ws_gates[0, 0, 0], &ws_vh[0, 0, 0], &dy[0, 0, 0],
                                   &dhT[0, 0], &dx[0, 0, 0], &dh0[0, 0], &dW[0, 0], &dR[0, 0], &db_in[0],
                                   &db_rec[0], &du[0, 0], &extra[0, 0], &dstep[0, 0], &dhr[0, 0], &acc[0])
         else:
-            _backward_reset_before(B, T, D, U, xa, &W[0, 0], &R[0, 0], &RT[0, 0], &lengths[0], reverse,
+            _backward_reset_before(B, T, D, U, xa, &W[0, 0], &R[0, 0], &WTbuf[0], &RTbuf[0], &RhTbuf[0],
+                                   &lengths[0], reverse,
                                    &ws_hprev[0, 0, 0], &ws_gates[0, 0, 0], &dy[0, 0, 0],
                                    &dhT[0, 0], &dx[0, 0, 0], &dh0[0, 0], &dW[0, 0], &dR[0, 0], &db_in[0],
                                    &du[0, 0], &extra[0, 0], &dstep[0, 0], &dhr[0, 0], &acc[0])
@@ -232,8 +255,8 @@ def gru_backward(const floating[:, :, ::1] x, const floating[:, ::1] W, const fl
 
 
 cdef void _backward_reset_after(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
-                                const floating* x, const floating* W, const floating* R, floating* RT,
-                                const int64_t* lengths, bint reverse,
+                                const floating* x, const floating* W, const floating* R, floating* WTbuf,
+                                floating* RTbuf, const int64_t* lengths, bint reverse,
                                 const floating* ws_hprev, const floating* ws_gates, const floating* ws_vh,
                                 const floating* dy, const floating* dhT,
                                 floating* dx, floating* dh, floating* dW, floating* dR,
@@ -243,6 +266,9 @@ cdef void _backward_reset_after(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssi
     # The running gradient w.r.t. the state lives in the output dh0 (= dh); inactive rows keep it.
     cdef floating one = 1, zero = 0, z, r, hh, hp, dht, daz, dar, dah
     cdef Py_ssize_t s, bb, t, j, lo, hi, n_steps, G = 3 * U, BT = B * T, pos
+    cdef int isa = fr_isa()
+    cdef const floating* RTp
+    cdef const floating* WTp
     cdef const floating* grow
     cdef const floating* hprow
     cdef const floating* vhrow
@@ -252,10 +278,10 @@ cdef void _backward_reset_after(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssi
     cdef floating* dvrow
 
     memcpy(dh, dhT, B * U * sizeof(floating))
-    transpose(R, U, G, RT)  # once: a few-row gemm with a plain B is much faster than with a transposed one
     zero_padding(du, lengths, B, T, G)  # padded positions add nothing to the matmuls after the loop
     zero_padding(dv, lengths, B, T, G)
     n_steps = max_length(lengths, B)
+    RTp = pack_for(n_steps, R, G, G, U, True, RTbuf)
 
     for s in range(n_steps - 1, -1, -1):
         active_rows(lengths, B, s, &lo, &hi)
@@ -288,8 +314,7 @@ cdef void _backward_reset_after(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssi
                 dvrow[2 * U + j] = dah * r
                 dhrow[j] = dht * z                       # the direct path; dv @ R.T is added below
             memcpy(dv + pos * G, dvrow, G * sizeof(floating))
-        gemm(False, False, <int> (hi - lo), <int> U, <int> G, one, dv_step + lo * G, <int> G, RT, <int> U,
-             zero, dhr + lo * U, <int> U)
+        product(hi - lo, G, dv_step + lo * G, G, R, G, True, RTp, U, dhr + lo * U, U, isa)
         for bb in range(lo, hi):
             if lengths[bb] > s:
                 for j in range(U):
@@ -297,7 +322,8 @@ cdef void _backward_reset_after(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssi
 
     # Weight and input gradients: a few large matmuls over all positions at once.
     gemm(True, False, <int> D, <int> G, <int> BT, one, x, <int> D, du, <int> G, zero, dW, <int> G)
-    gemm(False, True, <int> BT, <int> D, <int> G, one, du, <int> G, W, <int> G, zero, dx, <int> D)
+    WTp = pack_for((BT + 3) // 4, W, G, G, D, True, WTbuf)
+    product(BT, G, du, G, W, G, True, WTp, D, dx, D, isa)
     zero_padding(dx, lengths, B, T, D)  # 0 already, unless W holds inf / NaN (0 * inf): padded inputs get no gradient
     gemm(True, False, <int> U, <int> G, <int> BT, one, ws_hprev, <int> U, dv, <int> G, zero, dR, <int> G)
     column_sums(du, BT, G, G, acc, db_in)
@@ -305,8 +331,8 @@ cdef void _backward_reset_after(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssi
 
 
 cdef void _backward_reset_before(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
-                                 const floating* x, const floating* W, const floating* R, floating* RT,
-                                 const int64_t* lengths, bint reverse,
+                                 const floating* x, const floating* W, const floating* R, floating* WTbuf,
+                                 floating* RTbuf, floating* RhTbuf, const int64_t* lengths, bint reverse,
                                  const floating* ws_hprev, const floating* ws_gates,
                                  const floating* dy, const floating* dhT,
                                  floating* dx, floating* dh, floating* dW, floating* dR, floating* db,
@@ -317,6 +343,10 @@ cdef void _backward_reset_before(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ss
     # dstep's row holds [dz -> da_z, da_r, da_h]; dhr holds d(r*h), then da_zr @ R[:, :2U].T.
     cdef floating one = 1, zero = 0, z, r, hh, hp, dht, drh
     cdef Py_ssize_t s, bb, t, j, lo, hi, n_steps, G = 3 * U, BT = B * T, pos
+    cdef int isa = fr_isa()
+    cdef const floating* RTp
+    cdef const floating* RhTp
+    cdef const floating* WTp
     cdef const floating* grow
     cdef const floating* hprow
     cdef const floating* dyrow
@@ -324,9 +354,10 @@ cdef void _backward_reset_before(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ss
     cdef floating* drow
 
     memcpy(dh, dhT, B * U * sizeof(floating))
-    transpose(R, U, G, RT)  # once: a few-row gemm with a plain B is much faster than with a transposed one
     zero_padding(du, lengths, B, T, G)  # padded positions add nothing to the matmuls after the loop
     n_steps = max_length(lengths, B)
+    RTp = pack_for(n_steps, R, G, 2 * U, U, True, RTbuf)          # R[:, :2U].T
+    RhTp = pack_for(n_steps, R + 2 * U, G, U, U, True, RhTbuf)    # R[:, 2U:].T
 
     for s in range(n_steps - 1, -1, -1):
         active_rows(lengths, B, s, &lo, &hi)
@@ -347,8 +378,7 @@ cdef void _backward_reset_before(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ss
                 drow[j] = dht * (hprow[j] - hh)                    # dz, made da_z in pass 2
                 drow[2 * U + j] = dht * (one - z) * (one - hh * hh)    # da_h
                 dhrow[j] = dht * z
-        gemm(False, False, <int> (hi - lo), <int> U, <int> U, one, dstep + lo * G + 2 * U, <int> G,
-             RT + 2 * U * U, <int> U, zero, dhr + lo * U, <int> U)
+        product(hi - lo, U, dstep + lo * G + 2 * U, G, R + 2 * U, G, True, RhTp, U, dhr + lo * U, U, isa)
         for bb in range(lo, hi):
             if lengths[bb] <= s:
                 continue
@@ -366,8 +396,7 @@ cdef void _backward_reset_before(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ss
                 drow[U + j] = drh * hprow[j] * r * (one - r)
                 dhrow[j] += drh * r
             memcpy(du + pos * G, drow, G * sizeof(floating))
-        gemm(False, False, <int> (hi - lo), <int> U, <int> (2 * U), one, dstep + lo * G, <int> G, RT, <int> U,
-             zero, dhr + lo * U, <int> U)
+        product(hi - lo, 2 * U, dstep + lo * G, G, R, G, True, RTp, U, dhr + lo * U, U, isa)
         for bb in range(lo, hi):
             if lengths[bb] > s:
                 for j in range(U):
@@ -383,7 +412,8 @@ cdef void _backward_reset_before(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ss
 
     # Weight and input gradients: a few large matmuls over all positions at once.
     gemm(True, False, <int> D, <int> G, <int> BT, one, x, <int> D, du, <int> G, zero, dW, <int> G)
-    gemm(False, True, <int> BT, <int> D, <int> G, one, du, <int> G, W, <int> G, zero, dx, <int> D)
+    WTp = pack_for((BT + 3) // 4, W, G, G, D, True, WTbuf)
+    product(BT, G, du, G, W, G, True, WTp, D, dx, D, isa)
     zero_padding(dx, lengths, B, T, D)  # 0 already, unless W holds inf / NaN (0 * inf): padded inputs get no gradient
     gemm(True, False, <int> U, <int> (2 * U), <int> BT, one, ws_hprev, <int> U, du, <int> G,
          zero, dR, <int> G)

@@ -10,8 +10,9 @@ from cython cimport floating
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy
 
-from fused_blas cimport (active_inputs, active_rows, column_sums, flush_denormals, gemm, has_padding, max_length,
-                         lstm_row, position, restore_fp_mode, tanh_, transpose, zero_padding)
+from fused_blas cimport (active_inputs, active_rows, column_sums, flush_denormals, fr_isa, gemm, has_padding,
+                         lstm_row, max_length, pack_for, pack_pays, packed_elements, position, product,
+                         restore_fp_mode, tanh_, zero_padding)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -29,6 +30,10 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] W, const fl
     # Scratch, once per call: the input projection of every step, and one step's recurrent projection.
     cdef floating[:, ::1] xw = np.empty((B * T, 4 * U), dtype)
     cdef floating[:, ::1] hr = np.empty((B, 4 * U), dtype)
+    # W and R packed for fused_blas.product, where that pays (pack_for: NULL otherwise, and BLAS reads them as they are)
+    cdef Py_ssize_t n_steps = max_length(&lengths[0], B), item = sizeof(floating)
+    cdef floating[::1] Wbuf = np.empty(packed_elements(D, 4 * U, item) if pack_pays((B * T + 3) // 4) else 1, dtype)
+    cdef floating[::1] Rbuf = np.empty(packed_elements(U, 4 * U, item) if pack_pays(n_steps) else 1, dtype)
     cdef floating* ws[4]  # NULL in inference mode, where the workspaces may have size 0
     ws[0] = ws[1] = ws[2] = ws[3] = NULL
     if training:
@@ -40,7 +45,8 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] W, const fl
     with nogil:
         fp_mode = flush_denormals()  # fused_blas, "Denormals"
         _forward(B, T, D, U, &x[0, 0, 0], &W[0, 0], &R[0, 0], &b[0], &h0[0, 0], &c0[0, 0], &lengths[0],
-                 reverse, &y[0, 0, 0], &hT[0, 0], &cT[0, 0], ws[0], ws[1], ws[2], ws[3], &xw[0, 0], &hr[0, 0])
+                 reverse, &y[0, 0, 0], &hT[0, 0], &cT[0, 0], ws[0], ws[1], ws[2], ws[3], &xw[0, 0], &hr[0, 0],
+                 &Wbuf[0], &Rbuf[0])
         restore_fp_mode(fp_mode)
 
 
@@ -49,12 +55,14 @@ cdef void _forward(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
                    const floating* h0, const floating* c0, const int64_t* lengths, bint reverse,
                    floating* y, floating* h, floating* c,
                    floating* ws_hprev, floating* ws_cprev, floating* ws_gates, floating* ws_c,
-                   floating* xw, floating* hr) noexcept nogil:
+                   floating* xw, floating* hr, floating* Wbuf, floating* Rbuf) noexcept nogil:
     # The ws_* are NULL in inference mode. The running states live in the outputs hT, cT (= h, c):
     # inactive rows are not written, so they end as each row's states after its own last step.
-    cdef floating one = 1, zero = 0
     cdef Py_ssize_t s, bb, t, j, lo, hi, n_steps, pos, G = 4 * U
     cdef bint training = ws_hprev != NULL
+    cdef int isa = fr_isa()
+    cdef const floating* Wp
+    cdef const floating* Rp
     cdef floating* a
     cdef floating* hrow
     cdef floating* crow
@@ -73,13 +81,14 @@ cdef void _forward(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
     if n_steps == 0:
         return
 
-    gemm(False, False, <int> (B * T), <int> G, <int> D, one, x, <int> D, W, <int> G, zero, xw, <int> G)
+    Wp = pack_for((B * T + 3) // 4, W, G, D, G, False, Wbuf)
+    Rp = pack_for(n_steps, R, G, U, G, False, Rbuf)
+    product(B * T, D, x, D, W, G, False, Wp, G, xw, G, isa)
 
     for s in range(n_steps):
         active_rows(lengths, B, s, &lo, &hi)
         # hr = h @ R (all four gates at once) for the block of rows holding the active ones
-        gemm(False, False, <int> (hi - lo), <int> G, <int> U, one, h + lo * U, <int> U, R, <int> G,
-             zero, hr + lo * G, <int> G)
+        product(hi - lo, U, h + lo * U, U, R, G, False, Rp, G, hr + lo * G, G, isa)
         for bb in range(lo, hi):
             if lengths[bb] <= s:
                 continue
@@ -117,7 +126,10 @@ def lstm_backward(const floating[:, :, ::1] x, const floating[:, ::1] W, const f
     cdef floating[:, ::1] da = np.empty((B * T, 4 * U), dtype)
     cdef floating[:, ::1] da_step = np.empty((B, 4 * U), dtype)
     cdef floating[:, ::1] dhr = np.empty((B, U), dtype)
-    cdef floating[:, ::1] RT = np.empty((4 * U, U), dtype)
+    # R.T (every step) and W.T (dx) packed for fused_blas.product, where that pays
+    cdef Py_ssize_t n_steps = max_length(&lengths[0], B), item = sizeof(floating)
+    cdef floating[::1] RTbuf = np.empty(packed_elements(4 * U, U, item) if pack_pays(n_steps) else 1, dtype)
+    cdef floating[::1] WTbuf = np.empty(packed_elements(4 * U, D, item) if pack_pays((B * T + 3) // 4) else 1, dtype)
     cdef double[::1] acc = np.empty(4 * U, np.float64)
     # x with zeros at padded positions for dW (fused_blas.active_inputs), only when some row is padded
     cdef bint padded = has_padding(&lengths[0], B, T)
@@ -128,7 +140,7 @@ def lstm_backward(const floating[:, :, ::1] x, const floating[:, ::1] W, const f
     with nogil:
         fp_mode = flush_denormals()
         xa = active_inputs(&x[0, 0, 0], &lengths[0], B, T, D, &x_active[0, 0, 0] if padded else NULL)
-        _backward(B, T, D, U, xa, &W[0, 0], &R[0, 0], &RT[0, 0], &lengths[0], reverse,
+        _backward(B, T, D, U, xa, &W[0, 0], &R[0, 0], &WTbuf[0], &RTbuf[0], &lengths[0], reverse,
                   &ws_hprev[0, 0, 0], &ws_cprev[0, 0, 0], &ws_gates[0, 0, 0], &ws_c[0, 0, 0],
                   &dy[0, 0, 0], &dhT[0, 0], &dcT[0, 0],
                   &dx[0, 0, 0], &dh0[0, 0], &dc0[0, 0], &dW[0, 0], &dR[0, 0], &db[0],
@@ -137,7 +149,7 @@ def lstm_backward(const floating[:, :, ::1] x, const floating[:, ::1] W, const f
 
 
 cdef void _backward(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
-                    const floating* x, const floating* W, const floating* R, floating* RT,
+                    const floating* x, const floating* W, const floating* R, floating* WTbuf, floating* RTbuf,
                     const int64_t* lengths,
                     bint reverse, const floating* ws_hprev, const floating* ws_cprev,
                     const floating* ws_gates, const floating* ws_c,
@@ -147,6 +159,9 @@ cdef void _backward(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
     # The running gradients w.r.t. the states live in the outputs dh0, dc0 (= dh, dc); inactive rows keep them.
     cdef floating one = 1, zero = 0, gi, gf, gg, go, tc, dht, dct
     cdef Py_ssize_t s, bb, t, j, lo, hi, n_steps, G = 4 * U, BT = B * T, pos
+    cdef int isa = fr_isa()
+    cdef const floating* RTp
+    cdef const floating* WTp
     cdef const floating* grow
     cdef const floating* cprow
     cdef const floating* cnrow
@@ -157,11 +172,9 @@ cdef void _backward(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
 
     memcpy(dh, dhT, B * U * sizeof(floating))
     memcpy(dc, dcT, B * U * sizeof(floating))
-    # R.T, copied once: OpenBLAS's few-row gemm with a transposed B is ~1.7x slower than with a plain one
-    # (measured for (16, 1024) @ (1024, 256)), and this matmul runs every step.
-    transpose(R, U, G, RT)
     zero_padding(da, lengths, B, T, G)  # padded positions add nothing to the matmuls after the loop
     n_steps = max_length(lengths, B)
+    RTp = pack_for(n_steps, R, G, G, U, True, RTbuf)
 
     for s in range(n_steps - 1, -1, -1):
         active_rows(lengths, B, s, &lo, &hi)
@@ -195,15 +208,15 @@ cdef void _backward(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
                 dcrow[j] = dct * gf
             memcpy(da + pos * G, darow, G * sizeof(floating))
         # dh_prev = da @ R.T for the block of rows, kept for the active rows
-        gemm(False, False, <int> (hi - lo), <int> U, <int> G, one, da_step + lo * G, <int> G, RT, <int> U,
-             zero, dhr + lo * U, <int> U)
+        product(hi - lo, G, da_step + lo * G, G, R, G, True, RTp, U, dhr + lo * U, U, isa)
         for bb in range(lo, hi):
             if lengths[bb] > s:
                 memcpy(dh + bb * U, dhr + bb * U, U * sizeof(floating))
 
     # Weight and input gradients: a few large matmuls over all positions at once.
     gemm(True, False, <int> D, <int> G, <int> BT, one, x, <int> D, da, <int> G, zero, dW, <int> G)
-    gemm(False, True, <int> BT, <int> D, <int> G, one, da, <int> G, W, <int> G, zero, dx, <int> D)
+    WTp = pack_for((BT + 3) // 4, W, G, G, D, True, WTbuf)
+    product(BT, G, da, G, W, G, True, WTp, D, dx, D, isa)
     zero_padding(dx, lengths, B, T, D)  # 0 already, unless W holds inf / NaN (0 * inf): padded inputs get no gradient
     gemm(True, False, <int> U, <int> G, <int> BT, one, ws_hprev, <int> U, da, <int> G, zero, dR, <int> G)
     column_sums(da, BT, G, G, acc, db)

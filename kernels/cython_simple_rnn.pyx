@@ -9,8 +9,9 @@ from cython cimport floating
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy
 
-from fused_blas cimport (active_inputs, active_rows, column_sums, flush_denormals, gemm, has_padding, max_length,
-                         position, restore_fp_mode, simple_rnn_row, transpose, zero_padding)
+from fused_blas cimport (active_inputs, active_rows, column_sums, flush_denormals, fr_isa, gemm, has_padding,
+                         max_length, pack_for, pack_pays, packed_elements, position, product, restore_fp_mode,
+                         simple_rnn_row, zero_padding)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -27,6 +28,10 @@ def simple_rnn_forward(const floating[:, :, ::1] x, const floating[:, ::1] W, co
     # Scratch, once per call: the input projection of every step, and one step's recurrent projection.
     cdef floating[:, ::1] xw = np.empty((B * T, U), dtype)
     cdef floating[:, ::1] hr = np.empty((B, U), dtype)
+    # W and R packed for fused_blas.product, where that pays (pack_for: NULL otherwise, and BLAS reads them as they are)
+    cdef Py_ssize_t n_steps = max_length(&lengths[0], B), item = sizeof(floating)
+    cdef floating[::1] Wbuf = np.empty(packed_elements(D, U, item) if pack_pays((B * T + 3) // 4) else 1, dtype)
+    cdef floating[::1] Rbuf = np.empty(packed_elements(U, U, item) if pack_pays(n_steps) else 1, dtype)
     cdef floating* p_hprev = NULL
     cdef floating* p_h = NULL
     if training:
@@ -36,7 +41,7 @@ def simple_rnn_forward(const floating[:, :, ::1] x, const floating[:, ::1] W, co
     with nogil:
         fp_mode = flush_denormals()  # fused_blas, "Denormals"
         _forward(B, T, D, U, &x[0, 0, 0], &W[0, 0], &R[0, 0], &b[0], &h0[0, 0], &lengths[0],
-                 reverse, relu, &y[0, 0, 0], &hT[0, 0], p_hprev, p_h, &xw[0, 0], &hr[0, 0])
+                 reverse, relu, &y[0, 0, 0], &hT[0, 0], p_hprev, p_h, &xw[0, 0], &hr[0, 0], &Wbuf[0], &Rbuf[0])
         restore_fp_mode(fp_mode)
 
 
@@ -44,11 +49,13 @@ cdef void _forward(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
                    const floating* x, const floating* W, const floating* R, const floating* bias,
                    const floating* h0, const int64_t* lengths, bint reverse, bint relu,
                    floating* y, floating* h, floating* ws_hprev, floating* ws_h,
-                   floating* xw, floating* hr) noexcept nogil:
+                   floating* xw, floating* hr, floating* Wbuf, floating* Rbuf) noexcept nogil:
     # ws_hprev is NULL in inference mode. The running state lives in the output hT (= h): rows that are
     # inactive are simply not written, so it ends as each row's state after its own last step.
-    cdef floating one = 1, zero = 0
     cdef Py_ssize_t s, bb, t, j, lo, hi, n_steps, pos
+    cdef int isa = fr_isa()
+    cdef const floating* Wp
+    cdef const floating* Rp
     cdef floating* a
     cdef floating* hrow
 
@@ -62,12 +69,13 @@ cdef void _forward(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
     if n_steps == 0:
         return
 
-    gemm(False, False, <int> (B * T), <int> U, <int> D, one, x, <int> D, W, <int> U, zero, xw, <int> U)
+    Wp = pack_for((B * T + 3) // 4, W, U, D, U, False, Wbuf)
+    Rp = pack_for(n_steps, R, U, U, U, False, Rbuf)
+    product(B * T, D, x, D, W, U, False, Wp, U, xw, U, isa)
 
     for s in range(n_steps):
         active_rows(lengths, B, s, &lo, &hi)
-        gemm(False, False, <int> (hi - lo), <int> U, <int> U, one, h + lo * U, <int> U, R, <int> U,
-             zero, hr + lo * U, <int> U)
+        product(hi - lo, U, h + lo * U, U, R, U, False, Rp, U, hr + lo * U, U, isa)
         for bb in range(lo, hi):
             if lengths[bb] <= s:
                 continue
@@ -100,7 +108,10 @@ def simple_rnn_backward(const floating[:, :, ::1] x, const floating[:, ::1] W, c
     cdef floating[:, ::1] da = np.empty((B * T, U), dtype)
     cdef floating[:, ::1] da_step = np.empty((B, U), dtype)
     cdef floating[:, ::1] dhr = np.empty((B, U), dtype)
-    cdef floating[:, ::1] RT = np.empty((U, U), dtype)
+    # R.T (every step) and W.T (dx) packed for fused_blas.product, where that pays
+    cdef Py_ssize_t n_steps = max_length(&lengths[0], B), item = sizeof(floating)
+    cdef floating[::1] RTbuf = np.empty(packed_elements(U, U, item) if pack_pays(n_steps) else 1, dtype)
+    cdef floating[::1] WTbuf = np.empty(packed_elements(U, D, item) if pack_pays((B * T + 3) // 4) else 1, dtype)
     cdef double[::1] acc = np.empty(U, np.float64)
     # x with zeros at padded positions for dW (fused_blas.active_inputs), only when some row is padded
     cdef bint padded = has_padding(&lengths[0], B, T)
@@ -111,7 +122,7 @@ def simple_rnn_backward(const floating[:, :, ::1] x, const floating[:, ::1] W, c
     with nogil:
         fp_mode = flush_denormals()
         xa = active_inputs(&x[0, 0, 0], &lengths[0], B, T, D, &x_active[0, 0, 0] if padded else NULL)
-        _backward(B, T, D, U, xa, &W[0, 0], &R[0, 0], &RT[0, 0], &lengths[0], reverse, relu,
+        _backward(B, T, D, U, xa, &W[0, 0], &R[0, 0], &WTbuf[0], &RTbuf[0], &lengths[0], reverse, relu,
                   &ws_hprev[0, 0, 0], &ws_h[0, 0, 0], &dy[0, 0, 0], &dhT[0, 0],
                   &dx[0, 0, 0], &dh0[0, 0], &dW[0, 0], &dR[0, 0], &db[0],
                   &da[0, 0], &da_step[0, 0], &dhr[0, 0], &acc[0])
@@ -119,7 +130,7 @@ def simple_rnn_backward(const floating[:, :, ::1] x, const floating[:, ::1] W, c
 
 
 cdef void _backward(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
-                    const floating* x, const floating* W, const floating* R, floating* RT,
+                    const floating* x, const floating* W, const floating* R, floating* WTbuf, floating* RTbuf,
                     const int64_t* lengths,
                     bint reverse, bint relu, const floating* ws_hprev, const floating* ws_h,
                     const floating* dy, const floating* dhT,
@@ -128,17 +139,18 @@ cdef void _backward(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
     # The running gradient w.r.t. the state lives in the output dh0 (= dh); inactive rows keep it.
     cdef floating one = 1, zero = 0, g, hv
     cdef Py_ssize_t s, bb, t, j, lo, hi, n_steps, BT = B * T
+    cdef int isa = fr_isa()
+    cdef const floating* RTp
+    cdef const floating* WTp
     cdef const floating* hnew
     cdef const floating* dyrow
     cdef floating* dhrow
     cdef floating* darow
 
     memcpy(dh, dhT, B * U * sizeof(floating))
-    # R.T, copied once: OpenBLAS's few-row gemm with a transposed B is much slower than with a plain one,
-    # and this matmul runs every step.
-    transpose(R, U, U, RT)
     zero_padding(da, lengths, B, T, U)  # padded positions add nothing to the matmuls after the loop
     n_steps = max_length(lengths, B)
+    RTp = pack_for(n_steps, R, U, U, U, True, RTbuf)
 
     for s in range(n_steps - 1, -1, -1):
         active_rows(lengths, B, s, &lo, &hi)
@@ -159,15 +171,15 @@ cdef void _backward(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
                     darow[j] = g * (one - hv * hv)
             memcpy(da + (bb * T + t) * U, darow, U * sizeof(floating))
         # dh_prev = da @ R.T for the block of rows, then kept for the active ones only
-        gemm(False, False, <int> (hi - lo), <int> U, <int> U, one, da_step + lo * U, <int> U, RT, <int> U,
-             zero, dhr + lo * U, <int> U)
+        product(hi - lo, U, da_step + lo * U, U, R, U, True, RTp, U, dhr + lo * U, U, isa)
         for bb in range(lo, hi):
             if lengths[bb] > s:
                 memcpy(dh + bb * U, dhr + bb * U, U * sizeof(floating))
 
     # Weight and input gradients: a few large matmuls over all positions at once.
     gemm(True, False, <int> D, <int> U, <int> BT, one, x, <int> D, da, <int> U, zero, dW, <int> U)
-    gemm(False, True, <int> BT, <int> D, <int> U, one, da, <int> U, W, <int> U, zero, dx, <int> D)
+    WTp = pack_for((BT + 3) // 4, W, U, U, D, True, WTbuf)
+    product(BT, U, da, U, W, U, True, WTp, D, dx, D, isa)
     zero_padding(dx, lengths, B, T, D)  # 0 already, unless W holds inf / NaN (0 * inf): padded inputs get no gradient
     gemm(True, False, <int> U, <int> U, <int> BT, one, ws_hprev, <int> U, da, <int> U, zero, dR, <int> U)
     column_sums(da, BT, U, U, acc, db)

@@ -24,7 +24,8 @@ for bit for any thread count (they differ from the BLAS-based cython_* kernels i
 No BLAS. OpenBLAS decides by size whether to run a GEMV or GEMM on its own threads (measured here: scipy's
 sgemv runs on 2 threads from 2048 x 512 up), so BLAS calls from these threads could each fork onto the same
 cores, and OpenBLAS's idle threads busy-wait after a call, competing with these. The products here are small and
-regular: one hand-written kernel does them (fr_matmul below), C = A @ P for a panel-packed P, vectorized with GCC
+regular: one hand-written kernel does them (kernels/packed_gemm.h, shared with the whole-batch Cython kernels
+through fused_blas.packed_matmul), C = A @ P for a panel-packed P, vectorized with GCC
 vector extensions, compiled for AVX-512, AVX2+FMA and baseline x86-64 and picked at run time; 1.1-1.3x
 as fast as OpenBLAS's single-threaded sgemv on these shapes, 2x and more at 2-4 rows. It also does each thread's
 share of the input projection x W (its own columns, all time steps, before the loop).
@@ -57,8 +58,8 @@ from cython cimport floating
 from libc.stdint cimport int64_t, uintptr_t
 from libc.string cimport memcpy, memset
 
-from fused_blas cimport (active_rows, flush_denormals, lstm_row, max_length, position, restore_fp_mode,
-                         sigmoid_inplace, simple_rnn_row, tanh_inplace)
+from fused_blas cimport (active_rows, flush_denormals, fr_isa, fr_set_isa_cap, lstm_row, max_length, packed_matmul,
+                         panel_width, position, restore_fp_mode, sigmoid_inplace, simple_rnn_row, tanh_inplace)
 
 
 cdef extern from *:
@@ -309,176 +310,6 @@ cdef extern from *:
     #endif
     }
 
-    /* ---------------------------------------------------------------------------------------------------------
-       C (M, N) = A (M, K) @ P, P packed in panels (below); row-major A and C with row strides lda, ldc.
-
-       Packing: P holds the K x N matrix as ceil(N / NR) panels of NR columns, each panel K rows of NR
-       contiguous elements (128 bytes: two 64-byte vectors), the last panel zero-padded; P is 64-byte aligned.
-       A panel row is then two aligned vector loads, and a panel is read front to back once per block of rows.
-       Blocks of up to MR rows of A keep MR x 2 vector accumulators in registers; with few rows (a GEMV) the k
-       loop is split over KS sets of accumulators, so that the FMAs of consecutive k do not wait for each other.
-       --------------------------------------------------------------------------------------------------------- */
-    #define FR_PANEL_BYTES 128
-
-    #if defined(__GNUC__)
-    /* Vectors of each instruction set's width: AVX-512 64 bytes, AVX2 32, SSE2 (baseline x86-64) 16. A panel row is
-       FR_PANEL_BYTES / (vector bytes) of them. */
-    typedef float fr_vf16 __attribute__((vector_size(64)));
-    typedef float fr_vf8 __attribute__((vector_size(32)));
-    typedef float fr_vf4 __attribute__((vector_size(16)));
-    typedef double fr_vd8 __attribute__((vector_size(64)));
-    typedef double fr_vd4 __attribute__((vector_size(32)));
-    typedef double fr_vd2 __attribute__((vector_size(16)));
-    #define FR_INLINE static inline __attribute__((always_inline))
-
-    /* One block of MR rows (MR <= 4) and one panel, with the k loop split over KS sets of accumulators:
-       a template over the element type T and the vector type V, as a macro. */
-    #define FR_DEFINE_BLOCK(T, V, NAME)                                                                        \\
-    FR_INLINE void NAME(const int MR, const int KS, int K, const T* A, ptrdiff_t lda, const T* P,             \\
-                        int nc, T* C, ptrdiff_t ldc) {                                                         \\
-        enum { NR = FR_PANEL_BYTES / sizeof(T), NVEC = FR_PANEL_BYTES / sizeof(V), VL = sizeof(V) / sizeof(T) };\\
-        V c[4][4][NVEC];                                                                                       \\
-        int k, r, s, v, j;                                                                                     \\
-        _Pragma("GCC unroll 4") for (s = 0; s < KS; s++)                                                       \\
-            _Pragma("GCC unroll 4") for (r = 0; r < MR; r++)                                                   \\
-                _Pragma("GCC unroll 8") for (v = 0; v < NVEC; v++)                                             \\
-                    c[s][r][v] = (V){0};                                                                       \\
-        for (k = 0; k + KS <= K; k += KS) {                                                                    \\
-            _Pragma("GCC unroll 4") for (s = 0; s < KS; s++) {                                                 \\
-                V p[NVEC];                                                                                     \\
-                _Pragma("GCC unroll 8") for (v = 0; v < NVEC; v++)                                             \\
-                    p[v] = *(const V*) (P + (ptrdiff_t) (k + s) * NR + v * VL);                                \\
-                _Pragma("GCC unroll 4") for (r = 0; r < MR; r++) {                                             \\
-                    const T a = A[r * lda + k + s];                                                            \\
-                    _Pragma("GCC unroll 8") for (v = 0; v < NVEC; v++)                                         \\
-                        c[s][r][v] += a * p[v];                                                                \\
-                }                                                                                              \\
-            }                                                                                                  \\
-        }                                                                                                      \\
-        for (; k < K; k++) {                                                                                   \\
-            V p[NVEC];                                                                                         \\
-            _Pragma("GCC unroll 8") for (v = 0; v < NVEC; v++)                                                 \\
-                p[v] = *(const V*) (P + (ptrdiff_t) k * NR + v * VL);                                          \\
-            _Pragma("GCC unroll 4") for (r = 0; r < MR; r++) {                                                 \\
-                const T a = A[r * lda + k];                                                                    \\
-                _Pragma("GCC unroll 8") for (v = 0; v < NVEC; v++)                                             \\
-                    c[0][r][v] += a * p[v];                                                                    \\
-            }                                                                                                  \\
-        }                                                                                                      \\
-        _Pragma("GCC unroll 4") for (s = 1; s < KS; s++)                                                       \\
-            _Pragma("GCC unroll 4") for (r = 0; r < MR; r++)                                                   \\
-                _Pragma("GCC unroll 8") for (v = 0; v < NVEC; v++)                                             \\
-                    c[0][r][v] += c[s][r][v];                                                                  \\
-        _Pragma("GCC unroll 4") for (r = 0; r < MR; r++) {                                                     \\
-            if (nc == NR) {                                                                                    \\
-                _Pragma("GCC unroll 8") for (v = 0; v < NVEC; v++)                                             \\
-                    memcpy(C + r * ldc + v * VL, &c[0][r][v], sizeof(V));                                      \\
-            } else {                                                                                           \\
-                T tmp[NR];                                                                                     \\
-                _Pragma("GCC unroll 8") for (v = 0; v < NVEC; v++)                                             \\
-                    memcpy(tmp + v * VL, &c[0][r][v], sizeof(V));                                              \\
-                for (j = 0; j < nc; j++)                                                                       \\
-                    C[r * ldc + j] = tmp[j];                                                                   \\
-            }                                                                                                  \\
-        }                                                                                                      \\
-    }
-
-    FR_DEFINE_BLOCK(float, fr_vf16, fr_block_f32_512)
-    FR_DEFINE_BLOCK(double, fr_vd8, fr_block_f64_512)
-    FR_DEFINE_BLOCK(float, fr_vf8, fr_block_f32_256)
-    FR_DEFINE_BLOCK(double, fr_vd4, fr_block_f64_256)
-    FR_DEFINE_BLOCK(float, fr_vf4, fr_block_f32_128)
-    FR_DEFINE_BLOCK(double, fr_vd2, fr_block_f64_128)
-
-    /* The whole product: panels outer (a panel stays in L1/L2 while the row blocks pass), row blocks inner.
-       Register budget by LEVEL: 2 (AVX-512, 32 registers): blocks of 4 rows, GEMV split 4 ways;
-       1 (AVX2, 16 registers): 2 rows, GEMV split 2 ways; 0 (SSE2): 1 row, no split. */
-    #define FR_DEFINE_MATMUL(T, BLOCK, NAME, ATTR, LEVEL)                                                      \\
-    ATTR static void NAME(int M, int K, const T* A, ptrdiff_t lda, const T* P, int N, T* C, ptrdiff_t ldc) {  \\
-        enum { NR = FR_PANEL_BYTES / sizeof(T) };                                                              \\
-        int p, i, npan = (N + NR - 1) / NR;                                                                    \\
-        for (p = 0; p < npan; p++) {                                                                           \\
-            const T* Pp = P + (ptrdiff_t) p * K * NR;                                                          \\
-            int nc = N - p * NR < NR ? N - p * NR : NR;                                                        \\
-            T* Cp = C + p * NR;                                                                                \\
-            for (i = 0; i < M;) {                                                                              \\
-                int left = M - i;                                                                              \\
-                const T* Ai = A + i * lda;                                                                     \\
-                T* Ci = Cp + i * ldc;                                                                          \\
-                if (LEVEL >= 2 && left >= 4)      { BLOCK(4, 1, K, Ai, lda, Pp, nc, Ci, ldc); i += 4; }        \\
-                else if (LEVEL >= 2 && left == 3) { BLOCK(3, 1, K, Ai, lda, Pp, nc, Ci, ldc); i += 3; }        \\
-                else if (LEVEL >= 1 && left >= 2) { BLOCK(2, LEVEL >= 2 ? 2 : 1, K, Ai, lda, Pp, nc, Ci, ldc); \\
-                                                    i += 2; }                                                  \\
-                else { BLOCK(1, LEVEL >= 2 ? 4 : LEVEL >= 1 ? 2 : 1, K, Ai, lda, Pp, nc, Ci, ldc); i += 1; }   \\
-            }                                                                                                  \\
-        }                                                                                                      \\
-    }
-
-    #if defined(__x86_64__) || defined(__i386__)
-    FR_DEFINE_MATMUL(float, fr_block_f32_512, fr_matmul_f32_avx512, __attribute__((target("avx512f"))), 2)
-    FR_DEFINE_MATMUL(double, fr_block_f64_512, fr_matmul_f64_avx512, __attribute__((target("avx512f"))), 2)
-    FR_DEFINE_MATMUL(float, fr_block_f32_256, fr_matmul_f32_avx2, __attribute__((target("avx2,fma"))), 1)
-    FR_DEFINE_MATMUL(double, fr_block_f64_256, fr_matmul_f64_avx2, __attribute__((target("avx2,fma"))), 1)
-    #define FR_X86 1
-    #endif
-    FR_DEFINE_MATMUL(float, fr_block_f32_128, fr_matmul_f32_base, , 0)
-    FR_DEFINE_MATMUL(double, fr_block_f64_128, fr_matmul_f64_base, , 0)
-
-    #else  /* not GCC / Clang: plain loops */
-    #define FR_DEFINE_PLAIN(T, NAME)                                                                           \\
-    static void NAME(int M, int K, const T* A, ptrdiff_t lda, const T* P, int N, T* C, ptrdiff_t ldc) {       \\
-        enum { NR = FR_PANEL_BYTES / sizeof(T) };                                                              \\
-        int i, j, k;                                                                                           \\
-        for (i = 0; i < M; i++)                                                                                \\
-            for (j = 0; j < N; j++) {                                                                          \\
-                const T* Pp = P + (ptrdiff_t) (j / NR) * K * NR + j % NR;                                      \\
-                T acc = 0;                                                                                     \\
-                for (k = 0; k < K; k++)                                                                        \\
-                    acc += A[i * lda + k] * Pp[(ptrdiff_t) k * NR];                                            \\
-                C[i * ldc + j] = acc;                                                                          \\
-            }                                                                                                  \\
-    }
-    FR_DEFINE_PLAIN(float, fr_matmul_f32_base)
-    FR_DEFINE_PLAIN(double, fr_matmul_f64_base)
-    #endif
-
-    typedef void (*fr_matmul_f32_t)(int, int, const float*, ptrdiff_t, const float*, int, float*, ptrdiff_t);
-    typedef void (*fr_matmul_f64_t)(int, int, const double*, ptrdiff_t, const double*, int, double*, ptrdiff_t);
-
-    /* Instruction set: 2 AVX-512, 1 AVX2+FMA, 0 baseline; FASTRNN_ISA caps it (set by the module at import). */
-    static int fr_isa_max = 2;
-
-    static int fr_isa(void) {
-        int isa = 0;
-    #if defined(FR_X86)
-        __builtin_cpu_init();
-        if (__builtin_cpu_supports("avx512f"))
-            isa = 2;
-        else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-            isa = 1;
-    #endif
-        return isa < fr_isa_max ? isa : fr_isa_max;
-    }
-
-    /* fr_matmul_f32 / fr_matmul_f64: the product on the instruction set `isa` (fr_isa()). */
-    #if defined(FR_X86)
-    #define FR_DISPATCH_ISA(NAME, ...)                                                                      \
-        if (isa == 2) { NAME##_avx512(__VA_ARGS__); return; }                                                  \
-        if (isa == 1) { NAME##_avx2(__VA_ARGS__); return; }
-    #else
-    #define FR_DISPATCH_ISA(NAME, ...)
-    #endif
-    #define FR_DEFINE_DISPATCH(T, NAME)                                                                        \
-    static void NAME(int M, int K, const T* A, ptrdiff_t lda, const T* P, int N, T* C, ptrdiff_t ldc,         \
-                     int isa) {                                                                                \
-        if (M <= 0 || N <= 0)                                                                                  \
-            return;                                                                                            \
-        FR_DISPATCH_ISA(NAME, M, K, A, lda, P, N, C, ldc)                                                   \
-        (void) isa;                                                                                            \
-        NAME##_base(M, K, A, lda, P, N, C, ldc);                                                               \
-    }
-    FR_DEFINE_DISPATCH(float, fr_matmul_f32)
-    FR_DEFINE_DISPATCH(double, fr_matmul_f64)
     """
     ctypedef struct fr_barrier:
         int n
@@ -490,16 +321,9 @@ cdef extern from *:
     void fr_release(unsigned int* item) noexcept nogil
     int fr_wait_done(unsigned int* item, fr_barrier* b) noexcept nogil
     int fr_parallel(int n, fr_task fn, void* ctx, fr_barrier* bar) noexcept nogil
-    int fr_isa() noexcept nogil
-    int fr_isa_max
     int fr_fail_thread
-    int FR_PANEL_BYTES
     int FR_MAX_THREADS
     enum: FR_NSTAT
-    void fr_matmul_f32(int M, int K, const float* A, Py_ssize_t lda, const float* P, int N, float* C,
-                       Py_ssize_t ldc, int isa) noexcept nogil
-    void fr_matmul_f64(int M, int K, const double* A, Py_ssize_t lda, const double* P, int N, double* C,
-                       Py_ssize_t ldc, int isa) noexcept nogil
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -539,10 +363,6 @@ cdef struct Shared:
     fr_barrier bar         # on a cache line of its own (the fields above are read during the loop)
 
 
-cdef inline Py_ssize_t _panel_width(Py_ssize_t itemsize) noexcept nogil:
-    return FR_PANEL_BYTES // itemsize
-
-
 cdef inline Py_ssize_t _packed_size(Py_ssize_t K, Py_ssize_t N, Py_ssize_t nr) noexcept nogil:
     return ((N + nr - 1) // nr) * K * nr
 
@@ -554,11 +374,11 @@ cdef inline Py_ssize_t _round64(Py_ssize_t nbytes) noexcept nogil:
 cdef void _pack(const floating* src, Py_ssize_t ld, Py_ssize_t K, Py_ssize_t U, Py_ssize_t u0, Py_ssize_t nu,
                 Py_ssize_t g0, Py_ssize_t ng, floating* P) noexcept nogil:
     """Pack columns g*U + [u0, u0+nu) of gates g0..g0+ng-1 of src (K rows, row stride ld), in that order, into
-    panels (fr_matmul): local column j = (g - g0) * nu + i holds global column g * U + u0 + i.
+    panels (fused_blas.pack's layout): local column j = (g - g0) * nu + i holds global column g * U + u0 + i.
 
     Row by row (the source is read in order), panel by panel: a panel row gathers at most a few contiguous runs
     of a source row (one per gate it spans)."""
-    cdef Py_ssize_t nr = _panel_width(sizeof(floating))
+    cdef Py_ssize_t nr = panel_width(sizeof(floating))
     cdef Py_ssize_t N = ng * nu, npan = (N + nr - 1) // nr, p, k, j0, nc, c, g, i, run, m
     cdef floating* dst
     cdef const floating* row
@@ -581,13 +401,6 @@ cdef void _pack(const floating* src, Py_ssize_t ld, Py_ssize_t K, Py_ssize_t U, 
             if nc < nr:
                 memset(dst + nc, 0, (nr - nc) * sizeof(floating))
 
-
-cdef inline void _matmul(int M, int K, const floating* A, Py_ssize_t lda, const floating* P, int N, floating* C,
-                         Py_ssize_t ldc, int isa) noexcept nogil:
-    if floating is float:
-        fr_matmul_f32(M, K, A, lda, P, N, C, ldc, isa)
-    else:
-        fr_matmul_f64(M, K, A, lda, P, N, C, ldc, isa)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -614,7 +427,7 @@ cdef void _prepare(floating* typed, Shared* S, int k) noexcept nogil:
     ~50-150 us here, which the calling thread spends on this instead of waiting)."""
     cdef Py_ssize_t B = S.B, T = S.T, D = S.D, U = S.U, G = S.G
     cdef Py_ssize_t u0 = S.ubound[k], u1 = S.ubound[k + 1], nu = u1 - u0, GN = G * nu
-    cdef Py_ssize_t nr = _panel_width(sizeof(floating)), bb, t, g, j
+    cdef Py_ssize_t nr = panel_width(sizeof(floating)), bb, t, g, j
     cdef Py_ssize_t off[6]
     cdef char* mine = S.scratch + k * S.stride
     _scratch_offsets(S, sizeof(floating), GN, off)
@@ -645,7 +458,7 @@ cdef void _prepare(floating* typed, Shared* S, int k) noexcept nogil:
         if cT != NULL:
             memcpy(cT + bb * U + u0, <const floating*> S.c0 + bb * U + u0, nu * sizeof(floating))
     if max_length(lengths, B) > 0:
-        _matmul(<int> (B * T), <int> D, <const floating*> S.x, D, Wp, <int> GN, xw, GN, S.isa)
+        packed_matmul(<int> (B * T), <int> D, <const floating*> S.x, D, Wp, <int> GN, xw, GN, S.isa)
 
 
 cdef void _thread(floating* typed, Shared* S, int k) noexcept nogil:
@@ -653,7 +466,7 @@ cdef void _thread(floating* typed, Shared* S, int k) noexcept nogil:
     every step for its units. `typed` only picks the float or double version (NULL)."""
     cdef Py_ssize_t B = S.B, T = S.T, U = S.U, G = S.G
     cdef Py_ssize_t u0 = S.ubound[k], u1 = S.ubound[k + 1], nu = u1 - u0, GN = G * nu
-    cdef Py_ssize_t nr = _panel_width(sizeof(floating))
+    cdef Py_ssize_t nr = panel_width(sizeof(floating))
     cdef Py_ssize_t off[6]
     cdef Py_ssize_t s, bb, t, j, lo, hi, n_steps, pos
     cdef floating one = 1, zero = 0
@@ -715,7 +528,7 @@ cdef void _thread(floating* typed, Shared* S, int k) noexcept nogil:
                 memcpy(hnext + bb * U + u0, hcur + bb * U + u0, nu * sizeof(floating))
 
         if cell == LSTM:
-            _matmul(<int> (hi - lo), <int> U, hcur + lo * U, U, Rp, <int> GN, hr + lo * GN, GN, isa)
+            packed_matmul(<int> (hi - lo), <int> U, hcur + lo * U, U, Rp, <int> GN, hr + lo * GN, GN, isa)
             for bb in range(lo, hi):
                 if lengths[bb] <= s:
                     continue
@@ -729,7 +542,7 @@ cdef void _thread(floating* typed, Shared* S, int k) noexcept nogil:
                 memcpy(y + pos * U + u0, hrow, nu * sizeof(floating))
 
         elif cell == SIMPLE:
-            _matmul(<int> (hi - lo), <int> U, hcur + lo * U, U, Rp, <int> GN, hr + lo * GN, GN, isa)
+            packed_matmul(<int> (hi - lo), <int> U, hcur + lo * U, U, Rp, <int> GN, hr + lo * GN, GN, isa)
             for bb in range(lo, hi):
                 if lengths[bb] <= s:
                     continue
@@ -742,7 +555,7 @@ cdef void _thread(floating* typed, Shared* S, int k) noexcept nogil:
                 memcpy(y + pos * U + u0, a, nu * sizeof(floating))
 
         elif not reset_before:  # GRU, reset_after=True
-            _matmul(<int> (hi - lo), <int> U, hcur + lo * U, U, Rp, <int> GN, hr + lo * GN, GN, isa)
+            packed_matmul(<int> (hi - lo), <int> U, hcur + lo * U, U, Rp, <int> GN, hr + lo * GN, GN, isa)
             for bb in range(lo, hi):
                 if lengths[bb] <= s:
                     continue
@@ -763,7 +576,7 @@ cdef void _thread(floating* typed, Shared* S, int k) noexcept nogil:
                 memcpy(y + pos * U + u0, hrow, nu * sizeof(floating))
 
         else:  # GRU, reset_after=False: z, r; barrier (all of r * h_prev); h gate
-            _matmul(<int> (hi - lo), <int> U, hcur + lo * U, U, Rp, <int> (2 * nu), hr + lo * GN, GN, isa)
+            packed_matmul(<int> (hi - lo), <int> U, hcur + lo * U, U, Rp, <int> (2 * nu), hr + lo * GN, GN, isa)
             for bb in range(lo, hi):
                 if lengths[bb] <= s:
                     continue
@@ -781,7 +594,7 @@ cdef void _thread(floating* typed, Shared* S, int k) noexcept nogil:
             if st == st_first:
                 t_loop = fr_now_ns()
             st = st_rest
-            _matmul(<int> (hi - lo), <int> U, rh + lo * U, U, Rp_h, <int> nu, hr + lo * GN + 2 * nu, GN, isa)
+            packed_matmul(<int> (hi - lo), <int> U, rh + lo * U, U, Rp_h, <int> nu, hr + lo * GN + 2 * nu, GN, isa)
             for bb in range(lo, hi):
                 if lengths[bb] <= s:
                     continue
@@ -856,11 +669,9 @@ def _set_fail_thread(int k):
 
 
 def set_isa_cap(int level):
-    """Cap the instruction set (2 AVX-512, 1 AVX2, 0 baseline), for tests; returns the previous cap."""
-    global fr_isa_max
-    old = fr_isa_max
-    fr_isa_max = level
-    return old
+    """Cap the instruction set (2 AVX-512, 1 AVX2, 0 baseline) of this module's matmuls, for tests; returns the
+    previous cap."""
+    return fr_set_isa_cap(level)
 
 
 cdef object _run(int cell, const floating[:, :, ::1] x, const floating[:, ::1] W, const floating[:, ::1] R,
@@ -870,7 +681,7 @@ cdef object _run(int cell, const floating[:, :, ::1] x, const floating[:, ::1] W
     cdef Shared S
     cdef Py_ssize_t B = x.shape[0], T = x.shape[1], D = x.shape[2], U = R.shape[0]
     cdef Py_ssize_t G = R.shape[1] // U, k, nu_max = 0, item = sizeof(floating)
-    cdef Py_ssize_t nr = _panel_width(item)
+    cdef Py_ssize_t nr = panel_width(item)
     cdef Py_ssize_t off[6]
     dtype = np.float32 if floating is float else np.float64
     bounds = split_units(U, n_threads, item)
@@ -952,7 +763,7 @@ def _matmul_check(const floating[:, ::1] A, const floating[:, ::1] Bm, int reps=
     """A @ Bm through the packed-panel matmul (tests and benchmarks): Bm packed once, the product run reps times.
     Returns (C, seconds per product)."""
     import time
-    cdef Py_ssize_t M = A.shape[0], K = A.shape[1], N = Bm.shape[1], nr = _panel_width(sizeof(floating))
+    cdef Py_ssize_t M = A.shape[0], K = A.shape[1], N = Bm.shape[1], nr = panel_width(sizeof(floating))
     dtype = np.float32 if floating is float else np.float64
     cdef floating[::1] P = np.empty(max(1, _packed_size(K, N, nr)) + 64, dtype)
     cdef floating* Pa = <floating*> ((<uintptr_t> &P[0] + 63) // 64 * 64)
@@ -964,7 +775,7 @@ def _matmul_check(const floating[:, ::1] A, const floating[:, ::1] Bm, int reps=
     t0 = time.perf_counter()
     with nogil:
         for r in range(reps):
-            _matmul(<int> M, <int> K, &A[0, 0], K, Pa, <int> N, &Cv[0, 0], N, level)
+            packed_matmul(<int> M, <int> K, &A[0, 0], K, Pa, <int> N, &Cv[0, 0], N, level)
     return C, (time.perf_counter() - t0) / max(reps, 1)
 
 

@@ -100,6 +100,25 @@ def test_kernel_matches_reference_in_column_blocks(backend, cell, options, dtype
     assert_conforms(backend, cell, options, p, dtype, reverse=False)
 
 
+@pytest.mark.parametrize("T", [1, 3, 4, 9])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("cell,options", CELL_OPTIONS, ids=CELL_OPTION_IDS)
+def test_kernel_matches_reference_packed_and_blas_products(backend, cell, options, dtype, T):
+    """The Cython kernels pack W and R into panels when enough products use them (fused_blas.pack_pays: steps for
+    R, blocks of 4 rows of x for W), else call BLAS: T = 1, 3 below the limit, 4, 9 above. Units and features not
+    a multiple of a panel's columns (zero-padded last panel), batch 6 = a block of 4 rows + a block of 2."""
+    p = random_problem(cell, B=6, T=T, D=19, U=37, seed=14, lengths="mixed", scale=0.3, **options)
+    assert_conforms(backend, cell, options, p, dtype, reverse=False)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_kernel_matches_reference_packed_in_row_chunks(backend, dtype):
+    """The packed input projection and dx run in chunks of rows (fused_blas.PACKED_CHUNK_BYTES = 1 MB of x): here
+    40 * 60 = 2400 rows of 64 features is 1-2 chunks' worth at both dtypes, and dx's rows (4 * 16 columns) too."""
+    p = random_problem("lstm", B=40, T=60, D=64, U=16, seed=15, lengths="mixed", scale=0.3)
+    assert_conforms(backend, "lstm", {}, p, dtype, reverse=True)
+
+
 @settings(max_examples=40, deadline=None, derandomize=True)
 @given(data=st.data())
 @pytest.mark.parametrize("cell,options", CELL_OPTIONS, ids=CELL_OPTION_IDS)

@@ -51,11 +51,11 @@ def n_blocks(cell, p, backend, passes=1, **opts):
 
 
 def bit_identical(backend, lengths):
-    """Whether split forward results equal unsplit ones bit for bit. The Cython kernels multiply a step's block of
-    active rows by R with GEMV instead of GEMM when it is one row, so with ragged lengths a row can go through GEMV in
-    a block and GEMM in the whole batch (or the reverse): the last bit may differ. Numba always runs GEMM over all
-    rows of the call, and blocks have >= 2 rows (threads.MIN_ROWS_PER_BLOCK)."""
-    return backend != "cython" or lengths is None or len(set(np.asarray(lengths).tolist())) == 1
+    """Whether split forward results equal unsplit ones bit for bit. Numba always runs GEMM over all rows of the
+    call, and blocks have >= 2 rows (threads.MIN_ROWS_PER_BLOCK). The Cython kernels' packed product
+    (fused_blas.packed_matmul) runs rows in blocks of 4 and the remainder in blocks of 1-3 rows that sum in another
+    order, so a row's last bits depend on where its block starts: they equal the unsplit call to rounding."""
+    return backend != "cython"
 
 
 def assert_same_forward(a, b, exact=True):
@@ -162,7 +162,10 @@ def test_layer_training_step_is_the_same_with_threads(split_small, backend):
         dx = layer.backward(np.ones_like(y))
         results.append((y, dx, [g.copy() for g in layer.grads]))
     (y1, dx1, g1), (y2, dx2, g2) = results
-    np.testing.assert_array_equal(y1, y2)
+    if bit_identical(backend, lengths):
+        np.testing.assert_array_equal(y1, y2)
+    else:
+        assert rel_err(y2, y1) <= 8 * np.finfo(np.float32).eps
     assert rel_err(dx2, dx1) < 2e-5
     for a, b in zip(g2, g1):
         assert rel_err(a, b) < 2e-5
