@@ -79,8 +79,8 @@ def kernel_module():
     global _module, _module_error
     if _module is None and _module_error is None:
         try:
-            from .kernels import cython_threaded
-            _module = cython_threaded
+            from . import kernels
+            _module = kernels.cython_module("cython_threaded")  # the instruction-set variant for this CPU
         except ImportError as exc:
             _module_error = f"fastrnn.kernels.cython_threaded: {exc}"
     return _module

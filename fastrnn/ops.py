@@ -19,7 +19,7 @@ import numpy as np
 # already loaded, so a `threadpool_limits(1)` around the first call would otherwise miss the kernels' BLAS.
 import scipy.linalg.cython_blas  # noqa: F401
 
-from . import _checks, _column_split, reference, threads
+from . import _checks, _column_split, kernels, reference, threads
 
 GATES = {"simple_rnn": 1, "lstm": 4, "gru": 3}
 N_STATES = {"simple_rnn": 1, "lstm": 2, "gru": 1}
@@ -127,7 +127,10 @@ class CompiledKernel:
             with self._lock:
                 if self._module is None and self._error is None:
                     try:
-                        self._module = importlib.import_module(self.module_name)
+                        if self.name == "cython":  # the instruction-set variant for this CPU (fastrnn.kernels)
+                            self._module = kernels.cython_module(f"cython_{self.cell}")
+                        else:
+                            self._module = importlib.import_module(self.module_name)
                     except ImportError as exc:  # e.g. Cython extensions not built, numba missing
                         self._error = f"{self.module_name}: {exc}"
         return self._module
