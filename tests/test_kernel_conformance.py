@@ -173,6 +173,30 @@ def test_auto_picks_a_compiled_backend():
     assert out.backend in COMPILED
 
 
+def test_auto_picks_by_size_and_layers_follow_the_size_of_each_call():
+    """ops.AUTO_CYTHON_MIN_FLOPS: Numba below, Cython from there (2*B*T*(D+U)*G*U)."""
+    import fastrnn
+    small, large = (1, 2, 8, 8), (4, 40, 64, 64)          # 2 * 4 * 40 * 128 * 4 * 64 = 10.5 MFLOP
+    assert not ops.auto_prefers_cython("lstm", small) and ops.auto_prefers_cython("lstm", large)
+    assert not ops.auto_prefers_cython("simple_rnn", large)   # G = 1: 2.6 MFLOP
+    dt = np.dtype(np.float32)
+    assert ops.select_kernel("lstm", "auto", dt, small).name == "numba"
+    assert ops.select_kernel("lstm", "auto", dt, large).name == "cython"
+    assert ops.select_kernel("lstm", "numba", dt, large).name == "numba"   # an explicit backend is kept
+    layer = fastrnn.LSTM(64, return_sequences=True, seed=0)
+    cell = fastrnn.LSTMCell(64, 64, seed=0)
+    rng = np.random.default_rng(0)
+    for B, T in ((1, 2), (4, 40), (1, 2)):
+        x = rng.standard_normal((B, T, 64)).astype(np.float32)
+        y = layer(x)
+        assert layer.backend_used == ("cython" if (B, T) == (4, 40) else "numba")
+        want = ops.rnn_forward("lstm", x, layer.get_weights(), backend="numpy").outputs
+        assert rel_err(y, want) < FLOAT32_TOL
+    for B in (1, 64, 1):   # 2 * 64 * 128 * 4 * 64 = 4.2 MFLOP: a cell step stays below
+        cell(rng.standard_normal((B, 64)).astype(np.float32), (np.zeros((B, 64), np.float32),) * 2)
+        assert cell.backend_used == "numba"
+
+
 @pytest.mark.parametrize("cell,options", CELL_OPTIONS, ids=CELL_OPTION_IDS)
 def test_no_bias_gives_no_bias_gradient(backend, cell, options):
     p = random_problem(cell, B=2, T=3, D=2, U=3, seed=0, **options)
