@@ -214,6 +214,19 @@ def peak_sgemm_gflops(size=1024, repeats=5):
     return 2.0 * size ** 3 / best / 1e9
 
 
+def peak_fma_gflops(n_threads=1, seconds=0.3):
+    """GFLOP/s of float32 vector multiply-adds on n_threads cores at once (fastrnn.kernels.cpu.fma_gflops, no
+    memory traffic): the arithmetic peak, which no matmul exceeds (the bound of each point). None when the
+    Cython modules are not built."""
+    from concurrent.futures import ThreadPoolExecutor
+    try:
+        from .kernels import cpu
+    except ImportError:
+        return None
+    with ThreadPoolExecutor(n_threads) as ex:
+        return sum(ex.map(lambda _: cpu.fma_gflops(seconds), range(n_threads)))
+
+
 def _timed(fn):
     t0 = time.perf_counter()
     fn()
@@ -228,9 +241,9 @@ def peer_point(cell, mode, units, batch, timesteps, threads, min_rounds=7, budge
                peak_gflops=None):
     """Verify that fastrnn's backends and the peers agree on one grid point, then time them round robin.
 
-    peak_gflops (peak_sgemm_gflops at this thread count): adds row["bound"], the ratio fastrnn would reach if all
-    its matmuls ran at that rate and the gate math were free; a target below it is out of reach of any
-    implementation that does these matmuls."""
+    peak_gflops (peak_fma_gflops at this thread count, else peak_sgemm_gflops): adds row["bound"], the ratio
+    fastrnn would reach if all its matmuls ran at that rate and the gate math were free; with the FMA peak, a target
+    below it is out of reach of any implementation that does these matmuls."""
     x, weights = peers.make_problem(cell, batch, timesteps, units)
     runners = peers.make_runners(cell, mode, x, weights, threads=threads)
     maxdiff = peers.check_agreement(runners)  # raises peers.Disagreement; also the warm-up call of every runner
@@ -430,7 +443,7 @@ def summarize_targets(result, out=print):
 
     def lbl(p):
         ratio = "-" if p["ratio"] is None else f"{p['ratio']:.2f}"
-        # '!': the target is below the sgemm bound of this point (out of reach of any implementation)
+        # '!': the target is below the bound of this point (out of reach of any implementation)
         beyond = "!" if p.get("bound") is not None and p["bound"] > p["target"] else ""
         return f"{p['cell']}/{p['units']}/b{p['batch']}@{p['threads']}t({ratio}{beyond})"
 
@@ -454,7 +467,7 @@ def summarize_targets(result, out=print):
     report(f"{TARGET_THREAD_SCALING:g}x from 1 to 2 threads at batch >= {SCALING_MIN_BATCH}",
            [(r["ok"], f"{r['cell']}/{r['mode'][:3]}/{r['units']}/b{r['batch']}({r['speedup']['fastrnn']:.2f}x)")
             for r in result["scaling"]])
-    out("\ntargets: ('!' after a ratio: the target is below that point's sgemm bound)")
+    out("\ntargets: ('!' after a ratio: the target is below that point's bound, the FMA peak)")
     for line in lines:
         out(line)
 
@@ -537,10 +550,16 @@ def run_peers(grid, cells=CELLS, modes=peers.MODES, threads=(1,), min_rounds=7, 
             out("-" * len(PEER_HEADER))
             t_section = time.perf_counter()
             section = []
-            peak = peak_sgemm_gflops()
+            sgemm_peak = peak_sgemm_gflops()
+            fma_peak = peak_fma_gflops(n)
+            peak = fma_peak or sgemm_peak
+            result.setdefault("sgemm_gflops", {})[n] = sgemm_peak
             result.setdefault("peak_gflops", {})[n] = peak
-            out(f"(sgemm peak at {n} thread(s): {peak:.1f} GFLOP/s, float32 1024^3 NumPy matmul; bound = the ratio "
-                "fastrnn would reach with every matmul at that rate and free gate math)")
+            out(f"(sgemm at {n} thread(s): {sgemm_peak:.1f} GFLOP/s, float32 1024^3 NumPy matmul; FMA peak: "
+                + (f"{fma_peak:.1f} GFLOP/s, vector multiply-adds on {n} core(s) at once; bound = the ratio fastrnn "
+                   "would reach with every matmul at the FMA peak and free gate math)" if fma_peak else
+                   "- (Cython not built); bound = the ratio fastrnn would reach with every matmul at the sgemm rate "
+                   "and free gate math)"))
             for cell, mode, units, batch in itertools.product(cells, modes, grid["units"], grid["batch"]):
                 T = peer_timesteps(grid, units, batch)
                 if wait_idle_s > 0:

@@ -138,3 +138,13 @@ def test_cli_bad_arguments(capsys):
     assert cli.main(["bench", "--peers", "--smoke", "--cells", "lstmx"]) == 2
     assert cli.main(["bench", "--smoke", "--plot", "x.png"]) == 2
     assert cli.main(["bench", "--peers", "--smoke", "--dtype", "float64"]) == 2
+
+
+def test_fma_peak_is_measured_per_core():
+    """The bound of `fastrnn bench --peers` uses the FMA peak (kernels/cpu.pyx): a positive rate per core, summed
+    over the threads (no timing is asserted: the machine is shared)."""
+    one = benchmark.peak_fma_gflops(1, seconds=0.02)
+    two = benchmark.peak_fma_gflops(2, seconds=0.02)
+    assert one > 0 and two > 0
+    from fastrnn.kernels import cpu
+    assert cpu.fma_gflops(0.0) > 0   # at least one round, however short the budget
