@@ -12,9 +12,9 @@ from cython cimport floating
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy, memset
 
-from fused_blas cimport (active_inputs, active_rows, column_sums, flush_denormals, fr_isa, gemm, has_padding,
-                         max_length, pack_for, pack_pays, packed_elements, position, product, restore_fp_mode,
-                         sigmoid_inplace, tanh_inplace, zero_padding)
+from fused_blas cimport (active_inputs, active_rows, column_sums, flush_denormals, fr_isa, gemm, gru_gates_row,
+                         gru_row, gru_state_row, has_padding, max_length, pack_for, pack_pays, packed_elements,
+                         position, product, restore_fp_mode, zero_padding)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -88,8 +88,7 @@ cdef void _forward_reset_after(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssiz
                                floating* ws_hprev, floating* ws_gates, floating* ws_vh,
                                floating* xw, floating* hr, floating* Wbuf, floating* Rbuf) noexcept nogil:
     # The running state lives in the output hT (= h); inactive rows are not written.
-    cdef floating one = 1
-    cdef Py_ssize_t s, bb, t, j, lo, hi, n_steps, G = 3 * U, pos
+    cdef Py_ssize_t s, bb, t, lo, hi, n_steps, G = 3 * U, pos
     cdef bint training = ws_hprev != NULL
     cdef int isa = fr_isa()
     cdef const floating* Rp
@@ -116,19 +115,8 @@ cdef void _forward_reset_after(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssiz
             yrow = y + pos * U
             if training:
                 memcpy(ws_hprev + pos * U, hrow, U * sizeof(floating))
-            # The gate math as a few plain loops over one row, which gcc vectorizes (see fused_blas).
-            # v's row: [z, r] pre-activations, activated in place; then the h slot becomes hh.
-            for j in range(2 * U):
-                v[j] = (u[j] + b_in[j]) + (v[j] + b_rec[j])
-            sigmoid_inplace(v, 2 * U)
-            if ws_vh != NULL:
-                for j in range(U):
-                    ws_vh[pos * U + j] = v[2 * U + j] + b_rec[2 * U + j]
-            for j in range(U):
-                v[2 * U + j] = (u[2 * U + j] + b_in[2 * U + j]) + v[U + j] * (v[2 * U + j] + b_rec[2 * U + j])
-            tanh_inplace(v + 2 * U, U)
-            for j in range(U):
-                hrow[j] = v[j] * hrow[j] + (one - v[j]) * v[2 * U + j]
+            # v's row: z, r, hh activated in place; the new h (fused_blas.gru_row)
+            gru_row(v, u, b_in, b_rec, U, hrow, hrow, ws_vh + pos * U if ws_vh != NULL else NULL)
             memcpy(yrow, hrow, U * sizeof(floating))
             if training:
                 memcpy(ws_gates + pos * G, v, G * sizeof(floating))
@@ -145,8 +133,7 @@ cdef void _forward_reset_before(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssi
     # pass 1 (z, r, r * h_prev), matmul (h columns of R), pass 2 (hh, new state). The column blocks of R are
     # addressed in place through BLAS leading dimensions: R[:, :2U] = (R, ld 3U), R[:, 2U:] = (R + 2U, ld 3U)
     # (or packed each on its own). hr's row holds [z, r, (r * h_prev) R_h] between the passes, then [z, r, hh].
-    cdef floating one = 1
-    cdef Py_ssize_t s, bb, t, j, lo, hi, n_steps, G = 3 * U, pos
+    cdef Py_ssize_t s, bb, t, lo, hi, n_steps, G = 3 * U, pos
     cdef bint training = ws_hprev != NULL
     cdef int isa = fr_isa()
     cdef const floating* Rp
@@ -172,12 +159,7 @@ cdef void _forward_reset_before(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssi
             u = xw + (bb * T + t) * G
             v = hr + bb * G
             hrow = h + bb * U
-            # plain loops over one row, which gcc vectorizes (see fused_blas)
-            for j in range(2 * U):
-                v[j] = (u[j] + bias[j]) + v[j]
-            sigmoid_inplace(v, 2 * U)
-            for j in range(U):
-                rh[bb * U + j] = v[U + j] * hrow[j]
+            gru_gates_row(v, u, bias, U, hrow, rh + bb * U)  # z, r; r * h_prev (fused_blas)
         product(hi - lo, U, rh + lo * U, U, R + 2 * U, G, False, Rhp, U, hr + lo * G + 2 * U, G, isa)
         for bb in range(lo, hi):
             if lengths[bb] <= s:
@@ -190,11 +172,7 @@ cdef void _forward_reset_before(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssi
             yrow = y + pos * U
             if training:
                 memcpy(ws_hprev + pos * U, hrow, U * sizeof(floating))
-            for j in range(U):
-                v[2 * U + j] = (u[2 * U + j] + bias[2 * U + j]) + v[2 * U + j]
-            tanh_inplace(v + 2 * U, U)
-            for j in range(U):
-                hrow[j] = v[j] * hrow[j] + (one - v[j]) * v[2 * U + j]
+            gru_state_row(v, u, bias, U, hrow, hrow)  # hh; the new h (fused_blas)
             memcpy(yrow, hrow, U * sizeof(floating))
             if training:
                 memcpy(ws_gates + pos * G, v, G * sizeof(floating))

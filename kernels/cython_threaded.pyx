@@ -58,8 +58,8 @@ from cython cimport floating
 from libc.stdint cimport int64_t, uintptr_t
 from libc.string cimport memcpy, memset
 
-from fused_blas cimport (active_rows, flush_denormals, fr_isa, fr_set_isa_cap, lstm_row, max_length, packed_matmul,
-                         panel_width, position, restore_fp_mode, sigmoid_inplace, simple_rnn_row, tanh_inplace)
+from fused_blas cimport (active_rows, flush_denormals, fr_isa, fr_set_isa_cap, gru_gates_row, gru_row, gru_state_row,
+                         lstm_row, max_length, packed_matmul, panel_width, position, restore_fp_mode, simple_rnn_row)
 
 
 cdef extern from *:
@@ -468,8 +468,7 @@ cdef void _thread(floating* typed, Shared* S, int k) noexcept nogil:
     cdef Py_ssize_t u0 = S.ubound[k], u1 = S.ubound[k + 1], nu = u1 - u0, GN = G * nu
     cdef Py_ssize_t nr = panel_width(sizeof(floating))
     cdef Py_ssize_t off[6]
-    cdef Py_ssize_t s, bb, t, j, lo, hi, n_steps, pos
-    cdef floating one = 1, zero = 0
+    cdef Py_ssize_t s, bb, t, lo, hi, n_steps, pos
     cdef bint reset_before = S.cell == GRU and not S.reset_after
     cdef const int64_t* lengths = S.lengths
     cdef const floating* hcur = <const floating*> S.h0
@@ -565,14 +564,7 @@ cdef void _thread(floating* typed, Shared* S, int k) noexcept nogil:
                 xrow = xw + pos * GN
                 hprev = hcur + bb * U + u0
                 hrow = hnext + bb * U + u0
-                for j in range(2 * nu):
-                    a[j] = (xrow[j] + bi[j]) + (a[j] + br[j])
-                sigmoid_inplace(a, 2 * nu)
-                for j in range(nu):
-                    a[2 * nu + j] = (xrow[2 * nu + j] + bi[2 * nu + j]) + a[nu + j] * (a[2 * nu + j] + br[2 * nu + j])
-                tanh_inplace(a + 2 * nu, nu)
-                for j in range(nu):
-                    hrow[j] = a[j] * hprev[j] + (one - a[j]) * a[2 * nu + j]
+                gru_row(a, xrow, bi, br, nu, hprev, hrow, NULL)
                 memcpy(y + pos * U + u0, hrow, nu * sizeof(floating))
 
         else:  # GRU, reset_after=False: z, r; barrier (all of r * h_prev); h gate
@@ -584,11 +576,7 @@ cdef void _thread(floating* typed, Shared* S, int k) noexcept nogil:
                 a = hr + bb * GN
                 xrow = xw + (bb * T + t) * GN
                 hprev = hcur + bb * U + u0
-                for j in range(2 * nu):
-                    a[j] = (xrow[j] + bi[j]) + a[j]
-                sigmoid_inplace(a, 2 * nu)
-                for j in range(nu):
-                    rh[bb * U + u0 + j] = a[nu + j] * hprev[j]
+                gru_gates_row(a, xrow, bi, nu, hprev, rh + bb * U + u0)
             if fr_barrier_wait(&S.bar, st):
                 break  # aborted
             if st == st_first:
@@ -604,11 +592,7 @@ cdef void _thread(floating* typed, Shared* S, int k) noexcept nogil:
                 xrow = xw + pos * GN
                 hprev = hcur + bb * U + u0
                 hrow = hnext + bb * U + u0
-                for j in range(nu):
-                    a[2 * nu + j] = (xrow[2 * nu + j] + bi[2 * nu + j]) + a[2 * nu + j]
-                tanh_inplace(a + 2 * nu, nu)
-                for j in range(nu):
-                    hrow[j] = a[j] * hprev[j] + (one - a[j]) * a[2 * nu + j]
+                gru_state_row(a, xrow, bi, nu, hprev, hrow)
                 memcpy(y + pos * U + u0, hrow, nu * sizeof(floating))
 
         # Every thread's part of h_t is written before anyone reads h_t (and before the buffer it read is reused)

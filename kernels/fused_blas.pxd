@@ -444,6 +444,51 @@ cdef inline void lstm_row(floating* a, const floating* xrow, const floating* bia
         h[j] = a[3 * n + j] * tanh_(c[j])
 
 
+cdef inline void gru_row(floating* a, const floating* xrow, const floating* b_in, const floating* b_rec,
+                         Py_ssize_t n, const floating* h_prev, floating* h, floating* vh) noexcept nogil:
+    """GRU, reset_after=True. a holds h_prev R (z, r, h columns), xrow x W: a (z, r) = sigmoid(xrow + b_in + a +
+    b_rec), a (h) = tanh(xrow + b_in + r * (a + b_rec)) (= hh), in place; h = z * h_prev + (1 - z) * hh (h may be
+    h_prev). vh: NULL, or receives the h gate's a + b_rec (what backward needs for r's gradient)."""
+    cdef Py_ssize_t j
+    cdef floating one = 1
+    for j in range(2 * n):
+        a[j] = (xrow[j] + b_in[j]) + (a[j] + b_rec[j])
+    sigmoid_inplace(a, 2 * n)
+    if vh != NULL:
+        for j in range(n):
+            vh[j] = a[2 * n + j] + b_rec[2 * n + j]
+    for j in range(n):
+        a[2 * n + j] = (xrow[2 * n + j] + b_in[2 * n + j]) + a[n + j] * (a[2 * n + j] + b_rec[2 * n + j])
+    tanh_inplace(a + 2 * n, n)
+    for j in range(n):
+        h[j] = a[j] * h_prev[j] + (one - a[j]) * a[2 * n + j]
+
+
+cdef inline void gru_gates_row(floating* a, const floating* xrow, const floating* bias, Py_ssize_t n,
+                               const floating* h_prev, floating* rh) noexcept nogil:
+    """GRU, reset_after=False, the first half of a step. a (z, r) holds h_prev R[:, :2U], xrow x W: a (z, r) =
+    sigmoid(xrow + bias + a), in place; rh = r * h_prev (the left operand of the h gate's product)."""
+    cdef Py_ssize_t j
+    for j in range(2 * n):
+        a[j] = (xrow[j] + bias[j]) + a[j]
+    sigmoid_inplace(a, 2 * n)
+    for j in range(n):
+        rh[j] = a[n + j] * h_prev[j]
+
+
+cdef inline void gru_state_row(floating* a, const floating* xrow, const floating* bias, Py_ssize_t n,
+                               const floating* h_prev, floating* h) noexcept nogil:
+    """GRU, reset_after=False, the second half: a (h) holds (r * h_prev) R[:, 2U:]; a (h) = tanh(xrow + bias + a)
+    (= hh), in place; h = z * h_prev + (1 - z) * hh (h may be h_prev)."""
+    cdef Py_ssize_t j
+    cdef floating one = 1
+    for j in range(n):
+        a[2 * n + j] = (xrow[2 * n + j] + bias[2 * n + j]) + a[2 * n + j]
+    tanh_inplace(a + 2 * n, n)
+    for j in range(n):
+        h[j] = a[j] * h_prev[j] + (one - a[j]) * a[2 * n + j]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Lengths: which rows run at a processing step, and where their data sits
 # ---------------------------------------------------------------------------------------------------------------

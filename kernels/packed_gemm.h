@@ -5,8 +5,8 @@
 
    Why not BLAS: the per-step products of an RNN are small-M GEMMs against the same B every step. OpenBLAS packs B
    again on every call (or, under its small-matrix limit, reads it unpacked with large strides); packing once per
-   call and streaming the panels every step measured 1.5-2.5x as fast at 1-16 rows and 1.0-1.15x on the input
-   projection (this Zen 4, one core: 100-117 GFLOP/s, the FMA peak being ~115). */
+   call and streaming the panels every step measured 1.5-6x as fast at 1-16 rows and 1.0-1.15x on the input
+   projection (this Zen 4, one core: 100-117 GFLOP/s, the FMA peak being ~117, kernels/cpu.pyx). */
 #ifndef FASTRNN_PACKED_GEMM_H
 #define FASTRNN_PACKED_GEMM_H
 
