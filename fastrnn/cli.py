@@ -8,11 +8,16 @@ import numpy as np
 
 
 def _info(args):
-    from . import __version__, ops
+    from . import __version__, kernels, ops
     print(f"fastrnn {__version__}, numpy {np.__version__}, Python {platform.python_version()}, "
           f"{os.cpu_count()} CPUs")
     for name, reason in ops.available_backends().items():
-        print(f"  backend {name:<7} {'available' if reason is None else 'unavailable: ' + reason}")
+        detail = ""
+        if name == "cython" and reason is None:  # which instruction-set build it loaded (fastrnn.kernels)
+            module = ops.KERNELS[("lstm", "cython", np.dtype(np.float32))]._load().__name__
+            suffix = module[len("fastrnn.kernels.cython_lstm"):]
+            detail = f" ({kernels.ISA_NAMES[kernels.ISA_SUFFIXES.index(suffix)]} build: cython_*{suffix})"
+        print(f"  backend {name:<7} {'available' + detail if reason is None else 'unavailable: ' + reason}")
     return 0
 
 

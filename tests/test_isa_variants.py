@@ -97,3 +97,12 @@ def test_column_split_variant_matches_reference(variant, level, cell, options):
         assert rel_err(y, want.outputs) < 1e-10
         for a, b in zip(finals, want.states):
             assert rel_err(a, b) < 1e-10
+
+
+def test_fastrnn_info_names_the_build_it_loaded(capsys, monkeypatch):
+    from fastrnn import cli
+    monkeypatch.delenv("FASTRNN_ISA", raising=False)
+    assert cli.main(["info"]) == 0
+    name = kernels.ISA_NAMES[cpu_level()]
+    assert f"backend cython  available ({name} build: cython_*{kernels.ISA_SUFFIXES[cpu_level()]})" \
+        in capsys.readouterr().out
