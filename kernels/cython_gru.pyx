@@ -33,13 +33,16 @@ def gru_forward(const floating[:, :, ::1] x, const floating[:, ::1] W, const flo
     cdef floating[:, ::1] xw = np.empty((B * T, 3 * U), dtype)
     cdef floating[:, ::1] hr = np.empty((B, 3 * U), dtype)
     cdef floating[:, ::1] rh = np.zeros((B if not reset_after else 1, U), dtype)
-    # W and R packed for fused_blas.product where that pays (pack_for); reset_after=False: R's [z, r] columns in
-    # Rbuf, its h columns in Rhbuf
+    # W and R packed for fused_blas.product where that pays (pack_pays; else NULL); reset_after=False: R's [z, r]
+    # columns in Rbuf, its h columns in Rhbuf
     cdef Py_ssize_t n_steps = max_length(&lengths[0], B), item = sizeof(floating)
-    cdef bint pack_r = pack_pays(n_steps)
-    cdef floating[::1] Wbuf = np.empty(packed_elements(D, 3 * U, item) if pack_pays((B * T + 3) // 4) else 1, dtype)
+    cdef bint pack_w = pack_pays((B * T + 3) // 4), pack_r = pack_pays(n_steps)
+    cdef floating[::1] Wbuf = np.empty(packed_elements(D, 3 * U, item) if pack_w else 1, dtype)
     cdef floating[::1] Rbuf = np.empty(packed_elements(U, (3 if reset_after else 2) * U, item) if pack_r else 1, dtype)
     cdef floating[::1] Rhbuf = np.empty(packed_elements(U, U, item) if pack_r and not reset_after else 1, dtype)
+    cdef floating* pW = &Wbuf[0] if pack_w else NULL
+    cdef floating* pR = &Rbuf[0] if pack_r else NULL
+    cdef floating* pRh = &Rhbuf[0] if pack_r and not reset_after else NULL
     cdef floating* ws[3]  # NULL in inference mode, where the workspaces may have size 0
     ws[0] = ws[1] = ws[2] = NULL
     if training:
@@ -54,11 +57,11 @@ def gru_forward(const floating[:, :, ::1] x, const floating[:, ::1] W, const flo
         if reset_after:
             _forward_reset_after(B, T, D, U, &x[0, 0, 0], &W[0, 0], &R[0, 0], &b_in[0], &b_rec[0], &h0[0, 0],
                                  &lengths[0], reverse, &y[0, 0, 0], &hT[0, 0], ws[0], ws[1], ws[2],
-                                 &xw[0, 0], &hr[0, 0], &Wbuf[0], &Rbuf[0])
+                                 &xw[0, 0], &hr[0, 0], pW, pR)
         else:
             _forward_reset_before(B, T, D, U, &x[0, 0, 0], &W[0, 0], &R[0, 0], &b_in[0], &h0[0, 0],
                                   &lengths[0], reverse, &y[0, 0, 0], &hT[0, 0], ws[0], ws[1], ws[2],
-                                  &xw[0, 0], &hr[0, 0], &rh[0, 0], &Wbuf[0], &Rbuf[0], &Rhbuf[0])
+                                  &xw[0, 0], &hr[0, 0], &rh[0, 0], pW, pR, pRh)
         restore_fp_mode(fp_mode)
 
 
@@ -77,7 +80,7 @@ cdef void _start(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U, const f
         if ws_vh != NULL:
             zero_padding(ws_vh, lengths, B, T, U)
     if max_length(lengths, B) > 0:
-        Wp = pack_for((B * T + 3) // 4, W, 3 * U, D, 3 * U, False, Wbuf)
+        Wp = pack_for(W, 3 * U, D, 3 * U, False, Wbuf)
         product(B * T, D, x, D, W, 3 * U, False, Wp, 3 * U, xw, 3 * U, isa)
 
 
@@ -99,7 +102,7 @@ cdef void _forward_reset_after(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssiz
 
     _start(B, T, D, U, x, W, h0, lengths, y, h, ws_hprev, ws_gates, ws_vh, xw, Wbuf, isa)
     n_steps = max_length(lengths, B)
-    Rp = pack_for(n_steps, R, G, U, G, False, Rbuf)
+    Rp = pack_for(R, G, U, G, False, Rbuf)
     for s in range(n_steps):
         active_rows(lengths, B, s, &lo, &hi)
         # hr = h @ R (all three gates at once) for the block of rows holding the active ones
@@ -147,8 +150,8 @@ cdef void _forward_reset_before(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssi
     if ws_vh != NULL:
         memset(ws_vh, 0, B * T * U * sizeof(floating))  # unused here; zeros rather than whatever was there
     n_steps = max_length(lengths, B)
-    Rp = pack_for(n_steps, R, G, U, 2 * U, False, Rbuf)
-    Rhp = pack_for(n_steps, R + 2 * U, G, U, U, False, Rhbuf)
+    Rp = pack_for(R, G, U, 2 * U, False, Rbuf)
+    Rhp = pack_for(R + 2 * U, G, U, U, False, Rhbuf)
     for s in range(n_steps):
         active_rows(lengths, B, s, &lo, &hi)
         product(hi - lo, U, h + lo * U, U, R, G, False, Rp, 2 * U, hr + lo * G, G, isa)
@@ -202,11 +205,14 @@ def gru_backward(const floating[:, :, ::1] x, const floating[:, ::1] W, const fl
     # Packed for fused_blas.product where that pays: W.T (dx), and R.T (every step; reset_after=False: R[:, :2U].T
     # in RTbuf, R[:, 2U:].T in RhTbuf)
     cdef Py_ssize_t n_steps = max_length(&lengths[0], B), item = sizeof(floating)
-    cdef bint pack_r = pack_pays(n_steps)
-    cdef floating[::1] WTbuf = np.empty(packed_elements(3 * U, D, item) if pack_pays((B * T + 3) // 4) else 1, dtype)
+    cdef bint pack_w = pack_pays((B * T + 3) // 4), pack_r = pack_pays(n_steps)
+    cdef floating[::1] WTbuf = np.empty(packed_elements(3 * U, D, item) if pack_w else 1, dtype)
     cdef floating[::1] RTbuf = np.empty(packed_elements((3 if reset_after else 2) * U, U, item) if pack_r else 1,
                                         dtype)
     cdef floating[::1] RhTbuf = np.empty(packed_elements(U, U, item) if pack_r and not reset_after else 1, dtype)
+    cdef floating* pWT = &WTbuf[0] if pack_w else NULL
+    cdef floating* pRT = &RTbuf[0] if pack_r else NULL
+    cdef floating* pRhT = &RhTbuf[0] if pack_r and not reset_after else NULL
     # x with zeros at padded positions for dW (fused_blas.active_inputs), only when some row is padded
     cdef bint padded = has_padding(&lengths[0], B, T)
     cdef floating[:, :, ::1] x_active = np.empty((B if padded else 1, T if padded else 1, D if padded else 1),
@@ -217,12 +223,12 @@ def gru_backward(const floating[:, :, ::1] x, const floating[:, ::1] W, const fl
         fp_mode = flush_denormals()
         xa = active_inputs(&x[0, 0, 0], &lengths[0], B, T, D, &x_active[0, 0, 0] if padded else NULL)
         if reset_after:
-            _backward_reset_after(B, T, D, U, xa, &W[0, 0], &R[0, 0], &WTbuf[0], &RTbuf[0], &lengths[0], reverse,
+            _backward_reset_after(B, T, D, U, xa, &W[0, 0], &R[0, 0], pWT, pRT, &lengths[0], reverse,
                                   &ws_hprev[0, 0, 0], &ws_gates[0, 0, 0], &ws_vh[0, 0, 0], &dy[0, 0, 0],
                                   &dhT[0, 0], &dx[0, 0, 0], &dh0[0, 0], &dW[0, 0], &dR[0, 0], &db_in[0],
                                   &db_rec[0], &du[0, 0], &extra[0, 0], &dstep[0, 0], &dhr[0, 0], &acc[0])
         else:
-            _backward_reset_before(B, T, D, U, xa, &W[0, 0], &R[0, 0], &WTbuf[0], &RTbuf[0], &RhTbuf[0],
+            _backward_reset_before(B, T, D, U, xa, &W[0, 0], &R[0, 0], pWT, pRT, pRhT,
                                    &lengths[0], reverse,
                                    &ws_hprev[0, 0, 0], &ws_gates[0, 0, 0], &dy[0, 0, 0],
                                    &dhT[0, 0], &dx[0, 0, 0], &dh0[0, 0], &dW[0, 0], &dR[0, 0], &db_in[0],
@@ -259,7 +265,7 @@ cdef void _backward_reset_after(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssi
     zero_padding(du, lengths, B, T, G)  # padded positions add nothing to the matmuls after the loop
     zero_padding(dv, lengths, B, T, G)
     n_steps = max_length(lengths, B)
-    RTp = pack_for(n_steps, R, G, G, U, True, RTbuf)
+    RTp = pack_for(R, G, G, U, True, RTbuf)
 
     for s in range(n_steps - 1, -1, -1):
         active_rows(lengths, B, s, &lo, &hi)
@@ -300,7 +306,7 @@ cdef void _backward_reset_after(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssi
 
     # Weight and input gradients: a few large matmuls over all positions at once.
     gemm(True, False, <int> D, <int> G, <int> BT, one, x, <int> D, du, <int> G, zero, dW, <int> G)
-    WTp = pack_for((BT + 3) // 4, W, G, G, D, True, WTbuf)
+    WTp = pack_for(W, G, G, D, True, WTbuf)
     product(BT, G, du, G, W, G, True, WTp, D, dx, D, isa)
     zero_padding(dx, lengths, B, T, D)  # 0 already, unless W holds inf / NaN (0 * inf): padded inputs get no gradient
     gemm(True, False, <int> U, <int> G, <int> BT, one, ws_hprev, <int> U, dv, <int> G, zero, dR, <int> G)
@@ -334,8 +340,8 @@ cdef void _backward_reset_before(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ss
     memcpy(dh, dhT, B * U * sizeof(floating))
     zero_padding(du, lengths, B, T, G)  # padded positions add nothing to the matmuls after the loop
     n_steps = max_length(lengths, B)
-    RTp = pack_for(n_steps, R, G, 2 * U, U, True, RTbuf)          # R[:, :2U].T
-    RhTp = pack_for(n_steps, R + 2 * U, G, U, U, True, RhTbuf)    # R[:, 2U:].T
+    RTp = pack_for(R, G, 2 * U, U, True, RTbuf)          # R[:, :2U].T
+    RhTp = pack_for(R + 2 * U, G, U, U, True, RhTbuf)    # R[:, 2U:].T
 
     for s in range(n_steps - 1, -1, -1):
         active_rows(lengths, B, s, &lo, &hi)
@@ -390,7 +396,7 @@ cdef void _backward_reset_before(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ss
 
     # Weight and input gradients: a few large matmuls over all positions at once.
     gemm(True, False, <int> D, <int> G, <int> BT, one, x, <int> D, du, <int> G, zero, dW, <int> G)
-    WTp = pack_for((BT + 3) // 4, W, G, G, D, True, WTbuf)
+    WTp = pack_for(W, G, G, D, True, WTbuf)
     product(BT, G, du, G, W, G, True, WTp, D, dx, D, isa)
     zero_padding(dx, lengths, B, T, D)  # 0 already, unless W holds inf / NaN (0 * inf): padded inputs get no gradient
     gemm(True, False, <int> U, <int> (2 * U), <int> BT, one, ws_hprev, <int> U, du, <int> G,

@@ -30,10 +30,11 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] W, const fl
     # Scratch, once per call: the input projection of every step, and one step's recurrent projection.
     cdef floating[:, ::1] xw = np.empty((B * T, 4 * U), dtype)
     cdef floating[:, ::1] hr = np.empty((B, 4 * U), dtype)
-    # W and R packed for fused_blas.product, where that pays (pack_for: NULL otherwise, and BLAS reads them as they are)
+    # W and R packed for fused_blas.product where that pays (pack_pays; else NULL: BLAS reads them as they are)
     cdef Py_ssize_t n_steps = max_length(&lengths[0], B), item = sizeof(floating)
-    cdef floating[::1] Wbuf = np.empty(packed_elements(D, 4 * U, item) if pack_pays((B * T + 3) // 4) else 1, dtype)
-    cdef floating[::1] Rbuf = np.empty(packed_elements(U, 4 * U, item) if pack_pays(n_steps) else 1, dtype)
+    cdef bint pack_w = pack_pays((B * T + 3) // 4), pack_r = pack_pays(n_steps)
+    cdef floating[::1] Wbuf = np.empty(packed_elements(D, 4 * U, item) if pack_w else 1, dtype)
+    cdef floating[::1] Rbuf = np.empty(packed_elements(U, 4 * U, item) if pack_r else 1, dtype)
     cdef floating* ws[4]  # NULL in inference mode, where the workspaces may have size 0
     ws[0] = ws[1] = ws[2] = ws[3] = NULL
     if training:
@@ -46,7 +47,7 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] W, const fl
         fp_mode = flush_denormals()  # fused_blas, "Denormals"
         _forward(B, T, D, U, &x[0, 0, 0], &W[0, 0], &R[0, 0], &b[0], &h0[0, 0], &c0[0, 0], &lengths[0],
                  reverse, &y[0, 0, 0], &hT[0, 0], &cT[0, 0], ws[0], ws[1], ws[2], ws[3], &xw[0, 0], &hr[0, 0],
-                 &Wbuf[0], &Rbuf[0])
+                 &Wbuf[0] if pack_w else NULL, &Rbuf[0] if pack_r else NULL)
         restore_fp_mode(fp_mode)
 
 
@@ -81,8 +82,8 @@ cdef void _forward(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
     if n_steps == 0:
         return
 
-    Wp = pack_for((B * T + 3) // 4, W, G, D, G, False, Wbuf)
-    Rp = pack_for(n_steps, R, G, U, G, False, Rbuf)
+    Wp = pack_for(W, G, D, G, False, Wbuf)
+    Rp = pack_for(R, G, U, G, False, Rbuf)
     product(B * T, D, x, D, W, G, False, Wp, G, xw, G, isa)
 
     for s in range(n_steps):
@@ -128,8 +129,9 @@ def lstm_backward(const floating[:, :, ::1] x, const floating[:, ::1] W, const f
     cdef floating[:, ::1] dhr = np.empty((B, U), dtype)
     # R.T (every step) and W.T (dx) packed for fused_blas.product, where that pays
     cdef Py_ssize_t n_steps = max_length(&lengths[0], B), item = sizeof(floating)
-    cdef floating[::1] RTbuf = np.empty(packed_elements(4 * U, U, item) if pack_pays(n_steps) else 1, dtype)
-    cdef floating[::1] WTbuf = np.empty(packed_elements(4 * U, D, item) if pack_pays((B * T + 3) // 4) else 1, dtype)
+    cdef bint pack_w = pack_pays((B * T + 3) // 4), pack_r = pack_pays(n_steps)
+    cdef floating[::1] RTbuf = np.empty(packed_elements(4 * U, U, item) if pack_r else 1, dtype)
+    cdef floating[::1] WTbuf = np.empty(packed_elements(4 * U, D, item) if pack_w else 1, dtype)
     cdef double[::1] acc = np.empty(4 * U, np.float64)
     # x with zeros at padded positions for dW (fused_blas.active_inputs), only when some row is padded
     cdef bint padded = has_padding(&lengths[0], B, T)
@@ -140,7 +142,8 @@ def lstm_backward(const floating[:, :, ::1] x, const floating[:, ::1] W, const f
     with nogil:
         fp_mode = flush_denormals()
         xa = active_inputs(&x[0, 0, 0], &lengths[0], B, T, D, &x_active[0, 0, 0] if padded else NULL)
-        _backward(B, T, D, U, xa, &W[0, 0], &R[0, 0], &WTbuf[0], &RTbuf[0], &lengths[0], reverse,
+        _backward(B, T, D, U, xa, &W[0, 0], &R[0, 0], &WTbuf[0] if pack_w else NULL, &RTbuf[0] if pack_r else NULL,
+                  &lengths[0], reverse,
                   &ws_hprev[0, 0, 0], &ws_cprev[0, 0, 0], &ws_gates[0, 0, 0], &ws_c[0, 0, 0],
                   &dy[0, 0, 0], &dhT[0, 0], &dcT[0, 0],
                   &dx[0, 0, 0], &dh0[0, 0], &dc0[0, 0], &dW[0, 0], &dR[0, 0], &db[0],
@@ -174,7 +177,7 @@ cdef void _backward(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
     memcpy(dc, dcT, B * U * sizeof(floating))
     zero_padding(da, lengths, B, T, G)  # padded positions add nothing to the matmuls after the loop
     n_steps = max_length(lengths, B)
-    RTp = pack_for(n_steps, R, G, G, U, True, RTbuf)
+    RTp = pack_for(R, G, G, U, True, RTbuf)
 
     for s in range(n_steps - 1, -1, -1):
         active_rows(lengths, B, s, &lo, &hi)
@@ -215,7 +218,7 @@ cdef void _backward(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
 
     # Weight and input gradients: a few large matmuls over all positions at once.
     gemm(True, False, <int> D, <int> G, <int> BT, one, x, <int> D, da, <int> G, zero, dW, <int> G)
-    WTp = pack_for((BT + 3) // 4, W, G, G, D, True, WTbuf)
+    WTp = pack_for(W, G, G, D, True, WTbuf)
     product(BT, G, da, G, W, G, True, WTp, D, dx, D, isa)
     zero_padding(dx, lengths, B, T, D)  # 0 already, unless W holds inf / NaN (0 * inf): padded inputs get no gradient
     gemm(True, False, <int> U, <int> G, <int> BT, one, ws_hprev, <int> U, da, <int> G, zero, dR, <int> G)

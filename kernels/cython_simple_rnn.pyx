@@ -28,10 +28,11 @@ def simple_rnn_forward(const floating[:, :, ::1] x, const floating[:, ::1] W, co
     # Scratch, once per call: the input projection of every step, and one step's recurrent projection.
     cdef floating[:, ::1] xw = np.empty((B * T, U), dtype)
     cdef floating[:, ::1] hr = np.empty((B, U), dtype)
-    # W and R packed for fused_blas.product, where that pays (pack_for: NULL otherwise, and BLAS reads them as they are)
+    # W and R packed for fused_blas.product where that pays (pack_pays; else NULL: BLAS reads them as they are)
     cdef Py_ssize_t n_steps = max_length(&lengths[0], B), item = sizeof(floating)
-    cdef floating[::1] Wbuf = np.empty(packed_elements(D, U, item) if pack_pays((B * T + 3) // 4) else 1, dtype)
-    cdef floating[::1] Rbuf = np.empty(packed_elements(U, U, item) if pack_pays(n_steps) else 1, dtype)
+    cdef bint pack_w = pack_pays((B * T + 3) // 4), pack_r = pack_pays(n_steps)
+    cdef floating[::1] Wbuf = np.empty(packed_elements(D, U, item) if pack_w else 1, dtype)
+    cdef floating[::1] Rbuf = np.empty(packed_elements(U, U, item) if pack_r else 1, dtype)
     cdef floating* p_hprev = NULL
     cdef floating* p_h = NULL
     if training:
@@ -41,7 +42,8 @@ def simple_rnn_forward(const floating[:, :, ::1] x, const floating[:, ::1] W, co
     with nogil:
         fp_mode = flush_denormals()  # fused_blas, "Denormals"
         _forward(B, T, D, U, &x[0, 0, 0], &W[0, 0], &R[0, 0], &b[0], &h0[0, 0], &lengths[0],
-                 reverse, relu, &y[0, 0, 0], &hT[0, 0], p_hprev, p_h, &xw[0, 0], &hr[0, 0], &Wbuf[0], &Rbuf[0])
+                 reverse, relu, &y[0, 0, 0], &hT[0, 0], p_hprev, p_h, &xw[0, 0], &hr[0, 0],
+                 &Wbuf[0] if pack_w else NULL, &Rbuf[0] if pack_r else NULL)
         restore_fp_mode(fp_mode)
 
 
@@ -69,8 +71,8 @@ cdef void _forward(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
     if n_steps == 0:
         return
 
-    Wp = pack_for((B * T + 3) // 4, W, U, D, U, False, Wbuf)
-    Rp = pack_for(n_steps, R, U, U, U, False, Rbuf)
+    Wp = pack_for(W, U, D, U, False, Wbuf)
+    Rp = pack_for(R, U, U, U, False, Rbuf)
     product(B * T, D, x, D, W, U, False, Wp, U, xw, U, isa)
 
     for s in range(n_steps):
@@ -110,8 +112,9 @@ def simple_rnn_backward(const floating[:, :, ::1] x, const floating[:, ::1] W, c
     cdef floating[:, ::1] dhr = np.empty((B, U), dtype)
     # R.T (every step) and W.T (dx) packed for fused_blas.product, where that pays
     cdef Py_ssize_t n_steps = max_length(&lengths[0], B), item = sizeof(floating)
-    cdef floating[::1] RTbuf = np.empty(packed_elements(U, U, item) if pack_pays(n_steps) else 1, dtype)
-    cdef floating[::1] WTbuf = np.empty(packed_elements(U, D, item) if pack_pays((B * T + 3) // 4) else 1, dtype)
+    cdef bint pack_w = pack_pays((B * T + 3) // 4), pack_r = pack_pays(n_steps)
+    cdef floating[::1] RTbuf = np.empty(packed_elements(U, U, item) if pack_r else 1, dtype)
+    cdef floating[::1] WTbuf = np.empty(packed_elements(U, D, item) if pack_w else 1, dtype)
     cdef double[::1] acc = np.empty(U, np.float64)
     # x with zeros at padded positions for dW (fused_blas.active_inputs), only when some row is padded
     cdef bint padded = has_padding(&lengths[0], B, T)
@@ -122,7 +125,8 @@ def simple_rnn_backward(const floating[:, :, ::1] x, const floating[:, ::1] W, c
     with nogil:
         fp_mode = flush_denormals()
         xa = active_inputs(&x[0, 0, 0], &lengths[0], B, T, D, &x_active[0, 0, 0] if padded else NULL)
-        _backward(B, T, D, U, xa, &W[0, 0], &R[0, 0], &WTbuf[0], &RTbuf[0], &lengths[0], reverse, relu,
+        _backward(B, T, D, U, xa, &W[0, 0], &R[0, 0], &WTbuf[0] if pack_w else NULL, &RTbuf[0] if pack_r else NULL,
+                  &lengths[0], reverse, relu,
                   &ws_hprev[0, 0, 0], &ws_h[0, 0, 0], &dy[0, 0, 0], &dhT[0, 0],
                   &dx[0, 0, 0], &dh0[0, 0], &dW[0, 0], &dR[0, 0], &db[0],
                   &da[0, 0], &da_step[0, 0], &dhr[0, 0], &acc[0])
@@ -150,7 +154,7 @@ cdef void _backward(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
     memcpy(dh, dhT, B * U * sizeof(floating))
     zero_padding(da, lengths, B, T, U)  # padded positions add nothing to the matmuls after the loop
     n_steps = max_length(lengths, B)
-    RTp = pack_for(n_steps, R, U, U, U, True, RTbuf)
+    RTp = pack_for(R, U, U, U, True, RTbuf)
 
     for s in range(n_steps - 1, -1, -1):
         active_rows(lengths, B, s, &lo, &hi)
@@ -178,7 +182,7 @@ cdef void _backward(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
 
     # Weight and input gradients: a few large matmuls over all positions at once.
     gemm(True, False, <int> D, <int> U, <int> BT, one, x, <int> D, da, <int> U, zero, dW, <int> U)
-    WTp = pack_for((BT + 3) // 4, W, U, U, D, True, WTbuf)
+    WTp = pack_for(W, U, U, D, True, WTbuf)
     product(BT, U, da, U, W, U, True, WTp, D, dx, D, isa)
     zero_padding(dx, lengths, B, T, D)  # 0 already, unless W holds inf / NaN (0 * inf): padded inputs get no gradient
     gemm(True, False, <int> U, <int> U, <int> BT, one, ws_hprev, <int> U, da, <int> U, zero, dR, <int> U)

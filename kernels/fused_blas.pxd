@@ -204,11 +204,12 @@ cdef inline bint pack_pays(Py_ssize_t uses) noexcept nogil:
     return uses >= PACK_MIN_USES
 
 
-cdef inline floating* pack_for(Py_ssize_t uses, const floating* B, Py_ssize_t ldb, Py_ssize_t K, Py_ssize_t N,
-                               bint transposed, floating* buffer) noexcept nogil:
+cdef inline floating* pack_for(const floating* B, Py_ssize_t ldb, Py_ssize_t K, Py_ssize_t N, bint transposed,
+                               floating* buffer) noexcept nogil:
     """The packed K x N right operand (B, or B.T when `transposed`; row stride ldb) in `buffer` (packed_elements
-    of it), or NULL when packing does not pay (pack_pays(uses)): pass the result to `product`."""
-    if not pack_pays(uses):
+    of it), or NULL when buffer is NULL: the kernel's Python part allocates a buffer only where packing pays
+    (pack_pays), so that decision is made once per call. Pass the result to `product`."""
+    if buffer == NULL:
         return NULL
     cdef floating* P = aligned64(buffer)
     if transposed:
