@@ -13,8 +13,8 @@ from libc.stdint cimport int64_t
 from libc.string cimport memcpy, memset
 
 from fused_blas cimport (active_inputs, active_rows, column_sums, flush_denormals, fr_isa, gemm, gru_gates_row,
-                         gru_row, gru_state_row, has_padding, max_length, pack_for, pack_pays, packed_elements,
-                         position, product, restore_fp_mode, zero_padding)
+                         gru_row, gru_state_row, has_padding, max_length, pack_for, pack_pays, pack_pays_rows,
+                         packed_elements, position, product, restore_fp_mode, zero_padding)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -36,7 +36,7 @@ def gru_forward(const floating[:, :, ::1] x, const floating[:, ::1] W, const flo
     # W and R packed for fused_blas.product where that pays (pack_pays; else NULL); reset_after=False: R's [z, r]
     # columns in Rbuf, its h columns in Rhbuf
     cdef Py_ssize_t n_steps = max_length(&lengths[0], B), item = sizeof(floating)
-    cdef bint pack_w = pack_pays((B * T + 3) // 4), pack_r = pack_pays(n_steps)
+    cdef bint pack_w = pack_pays_rows(B * T), pack_r = pack_pays(n_steps)
     cdef floating[::1] Wbuf = np.empty(packed_elements(D, 3 * U, item) if pack_w else 1, dtype)
     cdef floating[::1] Rbuf = np.empty(packed_elements(U, (3 if reset_after else 2) * U, item) if pack_r else 1, dtype)
     cdef floating[::1] Rhbuf = np.empty(packed_elements(U, U, item) if pack_r and not reset_after else 1, dtype)
@@ -205,7 +205,7 @@ def gru_backward(const floating[:, :, ::1] x, const floating[:, ::1] W, const fl
     # Packed for fused_blas.product where that pays: W.T (dx), and R.T (every step; reset_after=False: R[:, :2U].T
     # in RTbuf, R[:, 2U:].T in RhTbuf)
     cdef Py_ssize_t n_steps = max_length(&lengths[0], B), item = sizeof(floating)
-    cdef bint pack_w = pack_pays((B * T + 3) // 4), pack_r = pack_pays(n_steps)
+    cdef bint pack_w = pack_pays_rows(B * T), pack_r = pack_pays(n_steps)
     cdef floating[::1] WTbuf = np.empty(packed_elements(3 * U, D, item) if pack_w else 1, dtype)
     cdef floating[::1] RTbuf = np.empty(packed_elements((3 if reset_after else 2) * U, U, item) if pack_r else 1,
                                         dtype)

@@ -11,8 +11,8 @@ from libc.stdint cimport int64_t
 from libc.string cimport memcpy
 
 from fused_blas cimport (active_inputs, active_rows, column_sums, flush_denormals, fr_isa, gemm, has_padding,
-                         lstm_row, max_length, pack_for, pack_pays, packed_elements, position, product,
-                         restore_fp_mode, tanh_, zero_padding)
+                         lstm_row, max_length, pack_for, pack_pays, pack_pays_rows, packed_elements, position,
+                         product, restore_fp_mode, tanh_, zero_padding)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -32,7 +32,7 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] W, const fl
     cdef floating[:, ::1] hr = np.empty((B, 4 * U), dtype)
     # W and R packed for fused_blas.product where that pays (pack_pays; else NULL: BLAS reads them as they are)
     cdef Py_ssize_t n_steps = max_length(&lengths[0], B), item = sizeof(floating)
-    cdef bint pack_w = pack_pays((B * T + 3) // 4), pack_r = pack_pays(n_steps)
+    cdef bint pack_w = pack_pays_rows(B * T), pack_r = pack_pays(n_steps)
     cdef floating[::1] Wbuf = np.empty(packed_elements(D, 4 * U, item) if pack_w else 1, dtype)
     cdef floating[::1] Rbuf = np.empty(packed_elements(U, 4 * U, item) if pack_r else 1, dtype)
     cdef floating* ws[4]  # NULL in inference mode, where the workspaces may have size 0
@@ -129,7 +129,7 @@ def lstm_backward(const floating[:, :, ::1] x, const floating[:, ::1] W, const f
     cdef floating[:, ::1] dhr = np.empty((B, U), dtype)
     # R.T (every step) and W.T (dx) packed for fused_blas.product, where that pays
     cdef Py_ssize_t n_steps = max_length(&lengths[0], B), item = sizeof(floating)
-    cdef bint pack_w = pack_pays((B * T + 3) // 4), pack_r = pack_pays(n_steps)
+    cdef bint pack_w = pack_pays_rows(B * T), pack_r = pack_pays(n_steps)
     cdef floating[::1] RTbuf = np.empty(packed_elements(4 * U, U, item) if pack_r else 1, dtype)
     cdef floating[::1] WTbuf = np.empty(packed_elements(4 * U, D, item) if pack_w else 1, dtype)
     cdef double[::1] acc = np.empty(4 * U, np.float64)

@@ -58,8 +58,9 @@ from cython cimport floating
 from libc.stdint cimport int64_t, uintptr_t
 from libc.string cimport memcpy, memset
 
-from fused_blas cimport (active_rows, flush_denormals, fr_isa, fr_set_isa_cap, gru_gates_row, gru_row, gru_state_row,
-                         lstm_row, max_length, packed_matmul, panel_width, position, restore_fp_mode, simple_rnn_row)
+from fused_blas cimport (active_rows, aligned64, flush_denormals, fr_isa, fr_set_isa_cap, gru_gates_row, gru_row,
+                         gru_state_row, lstm_row, max_length, pack, pack_gate_columns, packed_elements, packed_matmul,
+                         packed_size, position, restore_fp_mode, simple_rnn_row)
 
 
 cdef extern from *:
@@ -363,43 +364,8 @@ cdef struct Shared:
     fr_barrier bar         # on a cache line of its own (the fields above are read during the loop)
 
 
-cdef inline Py_ssize_t _packed_size(Py_ssize_t K, Py_ssize_t N, Py_ssize_t nr) noexcept nogil:
-    return ((N + nr - 1) // nr) * K * nr
-
-
 cdef inline Py_ssize_t _round64(Py_ssize_t nbytes) noexcept nogil:
     return (nbytes + 63) // 64 * 64
-
-
-cdef void _pack(const floating* src, Py_ssize_t ld, Py_ssize_t K, Py_ssize_t U, Py_ssize_t u0, Py_ssize_t nu,
-                Py_ssize_t g0, Py_ssize_t ng, floating* P) noexcept nogil:
-    """Pack columns g*U + [u0, u0+nu) of gates g0..g0+ng-1 of src (K rows, row stride ld), in that order, into
-    panels (fused_blas.pack's layout): local column j = (g - g0) * nu + i holds global column g * U + u0 + i.
-
-    Row by row (the source is read in order), panel by panel: a panel row gathers at most a few contiguous runs
-    of a source row (one per gate it spans)."""
-    cdef Py_ssize_t nr = panel_width(sizeof(floating))
-    cdef Py_ssize_t N = ng * nu, npan = (N + nr - 1) // nr, p, k, j0, nc, c, g, i, run, m
-    cdef floating* dst
-    cdef const floating* row
-    cdef const floating* from_
-    for k in range(K):
-        row = src + k * ld
-        for p in range(npan):
-            j0 = p * nr
-            nc = min(nr, N - j0)
-            dst = P + (p * K + k) * nr
-            c = 0
-            while c < nc:
-                g = (j0 + c) // nu           # the gate of local column j0 + c, and its unit
-                i = j0 + c - g * nu
-                run = min(nu - i, nc - c)    # up to the end of that gate's units, or of the panel
-                from_ = row + (g0 + g) * U + u0 + i
-                for m in range(run):             # a loop gcc vectorizes: cheaper than memcpy calls of ~128 bytes
-                    dst[c + m] = from_[m]
-                c += run
-            if nc < nr:
-                memset(dst + nc, 0, (nr - nc) * sizeof(floating))
 
 
 
@@ -427,7 +393,7 @@ cdef void _prepare(floating* typed, Shared* S, int k) noexcept nogil:
     ~50-150 us here, which the calling thread spends on this instead of waiting)."""
     cdef Py_ssize_t B = S.B, T = S.T, D = S.D, U = S.U, G = S.G
     cdef Py_ssize_t u0 = S.ubound[k], u1 = S.ubound[k + 1], nu = u1 - u0, GN = G * nu
-    cdef Py_ssize_t nr = panel_width(sizeof(floating)), bb, t, g, j
+    cdef Py_ssize_t bb, t, g, j
     cdef Py_ssize_t off[6]
     cdef char* mine = S.scratch + k * S.stride
     _scratch_offsets(S, sizeof(floating), GN, off)
@@ -442,12 +408,13 @@ cdef void _prepare(floating* typed, Shared* S, int k) noexcept nogil:
     cdef floating* cT = <floating*> S.cT
     cdef const int64_t* lengths = S.lengths
 
-    _pack(<const floating*> S.W, G * U, D, U, u0, nu, 0, G, Wp)
+    pack_gate_columns(<const floating*> S.W, G * U, D, U, u0, nu, 0, G, Wp)
     if S.cell == GRU and not S.reset_after:
-        _pack(<const floating*> S.R, G * U, U, U, u0, nu, 0, 2, Rp)
-        _pack(<const floating*> S.R, G * U, U, U, u0, nu, 2, 1, Rp + _packed_size(U, 2 * nu, nr))
+        pack_gate_columns(<const floating*> S.R, G * U, U, U, u0, nu, 0, 2, Rp)
+        pack_gate_columns(<const floating*> S.R, G * U, U, U, u0, nu, 2, 1,
+                          Rp + packed_size(U, 2 * nu, sizeof(floating)))
     else:
-        _pack(<const floating*> S.R, G * U, U, U, u0, nu, 0, G, Rp)
+        pack_gate_columns(<const floating*> S.R, G * U, U, U, u0, nu, 0, G, Rp)
     for g in range(G):
         for j in range(nu):
             bi[g * nu + j] = b_in[g * U + u0 + j]
@@ -466,7 +433,6 @@ cdef void _thread(floating* typed, Shared* S, int k) noexcept nogil:
     every step for its units. `typed` only picks the float or double version (NULL)."""
     cdef Py_ssize_t B = S.B, T = S.T, U = S.U, G = S.G
     cdef Py_ssize_t u0 = S.ubound[k], u1 = S.ubound[k + 1], nu = u1 - u0, GN = G * nu
-    cdef Py_ssize_t nr = panel_width(sizeof(floating))
     cdef Py_ssize_t off[6]
     cdef Py_ssize_t s, bb, t, lo, hi, n_steps, pos
     cdef bint reset_before = S.cell == GRU and not S.reset_after
@@ -485,10 +451,9 @@ cdef void _thread(floating* typed, Shared* S, int k) noexcept nogil:
     cdef floating* hr = <floating*> (mine + off[3])
     cdef floating* bi = <floating*> (mine + off[4])
     cdef floating* br = <floating*> (mine + off[5])
-    cdef floating* Rp_h = Rp + _packed_size(U, 2 * nu, nr)   # reset_before: the h gate's columns
+    cdef floating* Rp_h = Rp + packed_size(U, 2 * nu, sizeof(floating))   # reset_before: the h gate's columns
     cdef floating* a
     cdef floating* hrow
-    cdef floating* crow
     cdef const floating* hprev
     cdef const floating* xrow
     cdef int cell = S.cell, isa = S.isa, other
@@ -526,74 +491,42 @@ cdef void _thread(floating* typed, Shared* S, int k) noexcept nogil:
             if lengths[bb] <= s:  # finished: the state stays (copied on to the buffer read next)
                 memcpy(hnext + bb * U + u0, hcur + bb * U + u0, nu * sizeof(floating))
 
-        if cell == LSTM:
-            packed_matmul(<int> (hi - lo), <int> U, hcur + lo * U, U, Rp, <int> GN, hr + lo * GN, GN, isa)
+        # a = h_{t-1} @ R for the active rows, own columns (GRU reset_after=False: the z, r columns; its h gate
+        # needs all of r * h_{t-1} first: a barrier, then (r * h_{t-1}) @ R_h)
+        packed_matmul(<int> (hi - lo), <int> U, hcur + lo * U, U, Rp, <int> (2 * nu if reset_before else GN),
+                      hr + lo * GN, GN, isa)
+        if reset_before:
             for bb in range(lo, hi):
-                if lengths[bb] <= s:
-                    continue
-                t = position(s, lengths[bb], reverse)
-                pos = bb * T + t
-                a = hr + bb * GN
-                xrow = xw + pos * GN
-                crow = cT + bb * U + u0
-                hrow = hnext + bb * U + u0
-                lstm_row(a, xrow, bi, nu, crow, hrow)
-                memcpy(y + pos * U + u0, hrow, nu * sizeof(floating))
-
-        elif cell == SIMPLE:
-            packed_matmul(<int> (hi - lo), <int> U, hcur + lo * U, U, Rp, <int> GN, hr + lo * GN, GN, isa)
-            for bb in range(lo, hi):
-                if lengths[bb] <= s:
-                    continue
-                t = position(s, lengths[bb], reverse)
-                pos = bb * T + t
-                a = hr + bb * GN
-                xrow = xw + pos * GN
-                simple_rnn_row(a, xrow, bi, nu, relu)
-                memcpy(hnext + bb * U + u0, a, nu * sizeof(floating))
-                memcpy(y + pos * U + u0, a, nu * sizeof(floating))
-
-        elif not reset_before:  # GRU, reset_after=True
-            packed_matmul(<int> (hi - lo), <int> U, hcur + lo * U, U, Rp, <int> GN, hr + lo * GN, GN, isa)
-            for bb in range(lo, hi):
-                if lengths[bb] <= s:
-                    continue
-                t = position(s, lengths[bb], reverse)
-                pos = bb * T + t
-                a = hr + bb * GN
-                xrow = xw + pos * GN
-                hprev = hcur + bb * U + u0
-                hrow = hnext + bb * U + u0
-                gru_row(a, xrow, bi, br, nu, hprev, hrow, NULL)
-                memcpy(y + pos * U + u0, hrow, nu * sizeof(floating))
-
-        else:  # GRU, reset_after=False: z, r; barrier (all of r * h_prev); h gate
-            packed_matmul(<int> (hi - lo), <int> U, hcur + lo * U, U, Rp, <int> (2 * nu), hr + lo * GN, GN, isa)
-            for bb in range(lo, hi):
-                if lengths[bb] <= s:
-                    continue
-                t = position(s, lengths[bb], reverse)
-                a = hr + bb * GN
-                xrow = xw + (bb * T + t) * GN
-                hprev = hcur + bb * U + u0
-                gru_gates_row(a, xrow, bi, nu, hprev, rh + bb * U + u0)
+                if lengths[bb] > s:
+                    t = position(s, lengths[bb], reverse)
+                    gru_gates_row(hr + bb * GN, xw + (bb * T + t) * GN, bi, nu, hcur + bb * U + u0,
+                                  rh + bb * U + u0)
             if fr_barrier_wait(&S.bar, st):
                 break  # aborted
             if st == st_first:
                 t_loop = fr_now_ns()
             st = st_rest
             packed_matmul(<int> (hi - lo), <int> U, rh + lo * U, U, Rp_h, <int> nu, hr + lo * GN + 2 * nu, GN, isa)
-            for bb in range(lo, hi):
-                if lengths[bb] <= s:
-                    continue
-                t = position(s, lengths[bb], reverse)
-                pos = bb * T + t
-                a = hr + bb * GN
-                xrow = xw + pos * GN
-                hprev = hcur + bb * U + u0
-                hrow = hnext + bb * U + u0
+        # the gate math of its units (fused_blas rows) -> h_t[:, u0:u1] (LSTM: and c_t), and y_t
+        for bb in range(lo, hi):
+            if lengths[bb] <= s:
+                continue
+            t = position(s, lengths[bb], reverse)
+            pos = bb * T + t
+            a = hr + bb * GN
+            xrow = xw + pos * GN
+            hprev = hcur + bb * U + u0
+            hrow = hnext + bb * U + u0
+            if cell == LSTM:
+                lstm_row(a, xrow, bi, nu, cT + bb * U + u0, hrow)
+            elif cell == SIMPLE:
+                simple_rnn_row(a, xrow, bi, nu, relu)
+                memcpy(hrow, a, nu * sizeof(floating))
+            elif reset_before:
                 gru_state_row(a, xrow, bi, nu, hprev, hrow)
-                memcpy(y + pos * U + u0, hrow, nu * sizeof(floating))
+            else:
+                gru_row(a, xrow, bi, br, nu, hprev, hrow, NULL)
+            memcpy(y + pos * U + u0, hrow, nu * sizeof(floating))
 
         # Every thread's part of h_t is written before anyone reads h_t (and before the buffer it read is reused)
         if fr_barrier_wait(&S.bar, st):
@@ -665,7 +598,6 @@ cdef object _run(int cell, const floating[:, :, ::1] x, const floating[:, ::1] W
     cdef Shared S
     cdef Py_ssize_t B = x.shape[0], T = x.shape[1], D = x.shape[2], U = R.shape[0]
     cdef Py_ssize_t G = R.shape[1] // U, k, nu_max = 0, item = sizeof(floating)
-    cdef Py_ssize_t nr = panel_width(item)
     cdef Py_ssize_t off[6]
     dtype = np.float32 if floating is float else np.float64
     bounds = split_units(U, n_threads, item)
@@ -674,9 +606,9 @@ cdef object _run(int cell, const floating[:, :, ::1] x, const floating[:, ::1] W
     for k in range(n):
         nu_max = max(nu_max, bounds[k + 1] - bounds[k])
     cdef bint reset_before = cell == GRU and not reset_after
-    S.n_panel_W = _packed_size(D, G * nu_max, nr)
-    S.n_panel_R = (_packed_size(U, 2 * nu_max, nr) + _packed_size(U, nu_max, nr) if reset_before
-                   else _packed_size(U, G * nu_max, nr))
+    S.n_panel_W = packed_size(D, G * nu_max, item)
+    S.n_panel_R = (packed_size(U, 2 * nu_max, item) + packed_size(U, nu_max, item) if reset_before
+                   else packed_size(U, G * nu_max, item))
     S.B, S.T = B, T
     S.stride = _scratch_offsets(&S, item, G * nu_max, off)
     S.stride = (S.stride + 4095) // 4096 * 4096 + 64 * 3  # regions of different threads share no page
@@ -747,15 +679,15 @@ def _matmul_check(const floating[:, ::1] A, const floating[:, ::1] Bm, int reps=
     """A @ Bm through the packed-panel matmul (tests and benchmarks): Bm packed once, the product run reps times.
     Returns (C, seconds per product)."""
     import time
-    cdef Py_ssize_t M = A.shape[0], K = A.shape[1], N = Bm.shape[1], nr = panel_width(sizeof(floating))
+    cdef Py_ssize_t M = A.shape[0], K = A.shape[1], N = Bm.shape[1]
     dtype = np.float32 if floating is float else np.float64
-    cdef floating[::1] P = np.empty(max(1, _packed_size(K, N, nr)) + 64, dtype)
-    cdef floating* Pa = <floating*> ((<uintptr_t> &P[0] + 63) // 64 * 64)
+    cdef floating[::1] P = np.empty(packed_elements(K, N, sizeof(floating)), dtype)
+    cdef floating* Pa = aligned64(&P[0])
     C = np.empty((M, N), dtype)
     cdef floating[:, ::1] Cv = C
     cdef int r, level = fr_isa() if isa_level < 0 else isa_level
     if K > 0:
-        _pack(&Bm[0, 0], N, K, N, 0, N, 0, 1, Pa)
+        pack(&Bm[0, 0], N, K, N, Pa)
     t0 = time.perf_counter()
     with nogil:
         for r in range(reps):

@@ -152,10 +152,15 @@ cdef inline Py_ssize_t panel_width(Py_ssize_t itemsize) noexcept nogil:
     return FR_PANEL_BYTES // itemsize
 
 
+cdef inline Py_ssize_t packed_size(Py_ssize_t K, Py_ssize_t N, Py_ssize_t itemsize) noexcept nogil:
+    """Elements of a packed K x N matrix: ceil(N / panel width) panels of K rows."""
+    cdef Py_ssize_t nr = panel_width(itemsize)
+    return (N + nr - 1) // nr * K * nr
+
+
 cdef inline Py_ssize_t packed_elements(Py_ssize_t K, Py_ssize_t N, Py_ssize_t itemsize) noexcept nogil:
     """Elements to allocate for a packed K x N matrix, with room to align its start (aligned64)."""
-    cdef Py_ssize_t nr = panel_width(itemsize)
-    return max(1, (N + nr - 1) // nr * K * nr) + 64 // itemsize
+    return max(1, packed_size(K, N, itemsize)) + 64 // itemsize
 
 
 cdef inline floating* aligned64(floating* buffer) noexcept nogil:
@@ -163,19 +168,42 @@ cdef inline floating* aligned64(floating* buffer) noexcept nogil:
     return <floating*> ((<size_t> buffer + 63) // 64 * 64)
 
 
-cdef inline void pack(const floating* src, Py_ssize_t ld, Py_ssize_t K, Py_ssize_t N, floating* P) noexcept nogil:
-    """P (64-byte aligned) = the K x N matrix src (row stride ld) in panels: panel p holds columns
-    [p * nr, p * nr + nr) as K rows of nr contiguous elements; the last panel is zero-padded."""
-    cdef Py_ssize_t nr = panel_width(sizeof(floating)), p, k, j, nc
+cdef inline void pack_gate_columns(const floating* src, Py_ssize_t ld, Py_ssize_t K, Py_ssize_t U, Py_ssize_t u0,
+                                   Py_ssize_t nu, Py_ssize_t g0, Py_ssize_t ng, floating* P) noexcept nogil:
+    """Pack columns g*U + [u0, u0+nu) of gates g0..g0+ng-1 of src (K rows, row stride ld), in that order, into
+    P (64-byte aligned) in panels: panel p holds local columns [p * nr, p * nr + nr) as K rows of nr contiguous
+    elements, the last panel zero-padded; local column j = (g - g0) * nu + i holds global column g * U + u0 + i.
+    (The column-split kernel packs each thread's units this way; `pack` is the whole matrix.)
+
+    Row by row (the source is read in order), panel by panel: a panel row gathers at most a few contiguous runs
+    of a source row (one per gate it spans)."""
+    cdef Py_ssize_t nr = panel_width(sizeof(floating))
+    cdef Py_ssize_t N = ng * nu, npan = (N + nr - 1) // nr, p, k, j0, nc, c, g, i, run, m
     cdef floating* dst
-    for p in range((N + nr - 1) // nr):
-        nc = min(nr, N - p * nr)
-        for k in range(K):
+    cdef const floating* row
+    cdef const floating* from_
+    for k in range(K):
+        row = src + k * ld
+        for p in range(npan):
+            j0 = p * nr
+            nc = min(nr, N - j0)
             dst = P + (p * K + k) * nr
-            for j in range(nc):
-                dst[j] = src[k * ld + p * nr + j]
-            for j in range(nc, nr):
-                dst[j] = 0
+            c = 0
+            while c < nc:
+                g = (j0 + c) // nu           # the gate of local column j0 + c, and its unit
+                i = j0 + c - g * nu
+                run = min(nu - i, nc - c)    # up to the end of that gate's units, or of the panel
+                from_ = row + (g0 + g) * U + u0 + i
+                for m in range(run):             # a loop gcc vectorizes: cheaper than memcpy calls of ~128 bytes
+                    dst[c + m] = from_[m]
+                c += run
+            if nc < nr:
+                memset(dst + nc, 0, (nr - nc) * sizeof(floating))
+
+
+cdef inline void pack(const floating* src, Py_ssize_t ld, Py_ssize_t K, Py_ssize_t N, floating* P) noexcept nogil:
+    """P (64-byte aligned) = the K x N matrix src (row stride ld) in panels (pack_gate_columns' layout)."""
+    pack_gate_columns(src, ld, K, N, 0, N, 0, 1, P)
 
 
 cdef inline void pack_transposed(const floating* src, Py_ssize_t ld, Py_ssize_t K, Py_ssize_t N,
@@ -202,6 +230,11 @@ cdef inline bint pack_pays(Py_ssize_t uses) noexcept nogil:
     of 4 rows of x). Packing costs about two such passes; a kernel call with few steps (a T=1 call of the
     latency path with 1024 units would copy 16 MB of R for one GEMV) keeps BLAS."""
     return uses >= PACK_MIN_USES
+
+
+cdef inline bint pack_pays_rows(Py_ssize_t rows) noexcept nogil:
+    """pack_pays for W, which the packed product streams once per block of 4 rows of x (its row block)."""
+    return pack_pays((rows + 3) // 4)
 
 
 cdef inline floating* pack_for(const floating* B, Py_ssize_t ldb, Py_ssize_t K, Py_ssize_t N, bint transposed,
