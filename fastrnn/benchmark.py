@@ -170,8 +170,7 @@ def peer_timesteps(grid, units, batch):
 def matmul_flops(cell, mode, batch, timesteps, units, features=None):
     """Matmul FLOPs of one call: input projection (B*T, D) x (D, G*U) and T steps (B, U) x (U, G*U); training
     (forward + BPTT) adds dx, dW and the per-step dh (and dR) matmuls: 3x the forward."""
-    D = units if features is None else features
-    fwd = 2.0 * batch * timesteps * (D + units) * ops.GATES[cell] * units
+    fwd = ops.forward_flops(cell, (batch, timesteps, units if features is None else features, units))
     return fwd if mode == "inference" else 3.0 * fwd
 
 

@@ -142,8 +142,8 @@ class CompiledKernel:
         n = threads.kernel_threads()
         if n <= 1:
             return None
-        B, T, D, U = p.shape
-        n = threads.plan_blocks(n, B, 2.0 * passes * B * T * (D + U) * GATES[p.cell] * U)
+        B, T = p.shape[:2]
+        n = threads.plan_blocks(n, B, passes * forward_flops(p.cell, p.shape))
         if n <= 1:
             return None
         bounds = threads.split_rows(p.lengths, T, n)
@@ -265,10 +265,16 @@ def available_backends():
 AUTO_CYTHON_MIN_FLOPS = 8e6
 
 
+def forward_flops(cell, shape):
+    """Matmul flops of one forward call of shape (B, T, D, U): the input projection (B*T, D) x (D, G*U) and the
+    per-step products (B, U) x (U, G*U), 2 * B * T * (D + U) * G * U."""
+    B, T, D, U = shape
+    return 2.0 * B * T * (D + U) * GATES[cell] * U
+
+
 def auto_prefers_cython(cell, shape):
     """Whether "auto" tries Cython before Numba for a call of this (B, T, D, U)."""
-    B, T, D, U = shape
-    return 2.0 * B * T * (D + U) * GATES[cell] * U >= AUTO_CYTHON_MIN_FLOPS
+    return forward_flops(cell, shape) >= AUTO_CYTHON_MIN_FLOPS
 
 
 def select_kernel(cell, backend, dtype, shape):

@@ -25,7 +25,7 @@ def levels():
 
 
 @pytest.fixture
-def variant(request, monkeypatch):
+def variant(monkeypatch):
     """Install the cython kernels of one level in the dispatch table (and the column-split module) for a test."""
     def install(level):
         for cell in ops.GATES:
