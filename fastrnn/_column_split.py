@@ -102,10 +102,12 @@ def worthwhile(p, n_threads):
     """Whether column splitting is expected to beat the alternatives on this problem (inference; module docstring).
     Depends only on the problem's shape, lengths and dtype, and on n_threads."""
     B, T, D, U = p.shape
-    if n_threads <= 1 or B < 1 or U < 2:
+    if n_threads <= 1 or B < 1 or U < 2 or T < MIN_STEPS:
         return False
-    large_r = _GATES[p.cell] * U * U * p.x.dtype.itemsize >= LARGE_R_BYTES
-    if B > (LARGE_R_MAX_BATCH if large_r else MAX_BATCH):
+    GUU = _GATES[p.cell] * U * U
+    if B > (LARGE_R_MAX_BATCH if GUU * p.x.dtype.itemsize >= LARGE_R_BYTES else MAX_BATCH):
+        return False
+    if 2.0 * B * T * GUU < MIN_RECURRENT_FLOPS:  # too little work even with no padding: no need for the lengths
         return False
     return int(p.lengths.max()) >= MIN_STEPS and recurrent_flops(p) >= MIN_RECURRENT_FLOPS
 

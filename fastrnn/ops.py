@@ -139,58 +139,44 @@ class CompiledKernel:
         """Row boundaries [0, b1, ..., B] of the blocks a call runs on fastrnn's threads (fastrnn.threads), or None
         to run it whole: one thread, or too little work per block to pay for the handoff. `passes`: the call's
         matmul work in forward passes (forward 1, backward 2)."""
+        B, T, D, U = p.shape
+        if B < 2 * threads.MIN_ROWS_PER_BLOCK:  # first: the cheapest test, and what every step-loop call meets
+            return None
         n = threads.kernel_threads()
         if n <= 1:
             return None
-        B, T = p.shape[:2]
-        n = threads.plan_blocks(n, B, passes * forward_flops(p.cell, p.shape))
+        n = threads.plan_blocks(n, B, passes * forward_flops(p.cell, (B, T, D, U)))
         if n <= 1:
             return None
         bounds = threads.split_rows(p.lengths, T, n)
         return bounds if len(bounds) > 2 else None
 
-    @staticmethod
-    def _run(run, bounds):
-        """run(None) (the whole batch), or run(k, rows) for every block k on fastrnn's threads."""
-        if bounds is None:
-            run(0, None)
-        else:
-            threads.run_blocks(lambda k: run(k, slice(bounds[k], bounds[k + 1])), len(bounds) - 1)
-
     def forward(self, p, training):
-        mod = self._load()
+        mod = self._module or self._load()
         B, T, D, U = p.shape
         dt = p.x.dtype
         y = np.empty((B, T, U), dt)
-        finals = tuple(np.empty((B, U), dt) for _ in range(N_STATES[p.cell]))
+        # (a generator expression here would cost ~0.6 us of a ~10 us step call)
+        finals = (np.empty((B, U), dt), np.empty((B, U), dt)) if p.cell == "lstm" else (np.empty((B, U), dt),)
         if training:
             ws = tuple(np.zeros((B, T, w * U), dt) for _, w in WORKSPACES[p.cell])
         else:
             ws = _NO_WORKSPACE[dt][p.cell]  # ignored in inference (kernels/README.md): one shared empty array
         bounds = self.blocks(p, 1)
-        if p.cell == "gru":
-            b_in, b_rec = (p.b[0], p.b[1]) if p.reset_after else (p.b, np.zeros_like(p.b))
+        if bounds is None:  # the whole batch on this thread: no closure, no handoff (a T=1 call costs ~10 us)
+            _kernel_forward(mod, p, training, p.x, p.lengths, p.initial_states, (y, *finals), ws)
+        else:
+            def run(k):
+                # Rows r of every batch-major array are a kernel problem of their own (kernels/README.md).
+                r = slice(bounds[k], bounds[k + 1])
+                _kernel_forward(mod, p, training, p.x[r], p.lengths[r], tuple(s[r] for s in p.initial_states),
+                                tuple(a[r] for a in (y, *finals)), tuple(a[r] for a in ws) if training else ws)
 
-        def run(k, r):
-            # Rows r of every batch-major array are a kernel problem of their own (kernels/README.md).
-            x, lengths, h0 = (p.x, p.lengths, p.initial_states[0]) if r is None else \
-                (p.x[r], p.lengths[r], p.initial_states[0][r])
-            out = (y, *finals) if r is None else tuple(a[r] for a in (y, *finals))
-            w = ws if r is None or not training else tuple(a[r] for a in ws)
-            if p.cell == "simple_rnn":
-                mod.simple_rnn_forward(x, p.W, p.R, p.b, h0, lengths, p.reverse, p.activation == "relu", training,
-                                       *out, *w)
-            elif p.cell == "lstm":
-                c0 = p.initial_states[1] if r is None else p.initial_states[1][r]
-                mod.lstm_forward(x, p.W, p.R, p.b, h0, c0, lengths, p.reverse, training, *out, *w)
-            else:
-                mod.gru_forward(x, p.W, p.R, b_in, b_rec, h0, lengths, p.reverse, p.reset_after, training, *out, *w)
-
-        self._run(run, bounds)
+            threads.run_blocks(run, len(bounds) - 1)
         return y, finals, (ws if training else None)
 
     def backward(self, p, ws, dy, d_states):
-        mod = self._load()
+        mod = self._module or self._load()
         B, T, D, U = p.shape
         dt = p.x.dtype
         GU = GATES[p.cell] * U
@@ -202,21 +188,15 @@ class CompiledKernel:
         n_db = 2 if p.cell == "gru" else 1
         wgrads = [(np.empty_like(p.W), np.empty_like(p.R)) + tuple(np.empty(GU, dt) for _ in range(n_db))
                   for _ in range(1 if bounds is None else len(bounds) - 1)]
+        if bounds is None:
+            _kernel_backward(mod, p, p.x, p.lengths, ws, (dy, *d_states), (dx, *d_init) + wgrads[0])
+        else:
+            def run(k):
+                r = slice(bounds[k], bounds[k + 1])
+                _kernel_backward(mod, p, p.x[r], p.lengths[r], tuple(a[r] for a in ws),
+                                 tuple(a[r] for a in (dy, *d_states)), tuple(a[r] for a in (dx, *d_init)) + wgrads[k])
 
-        def run(k, r):
-            rows = (lambda a: a) if r is None else (lambda a: a[r])
-            x, lengths = rows(p.x), rows(p.lengths)
-            w = tuple(rows(a) for a in ws)
-            g = rows(dy), *(rows(d) for d in d_states)
-            out = (rows(dx), *(rows(d) for d in d_init)) + wgrads[k]
-            if p.cell == "simple_rnn":
-                mod.simple_rnn_backward(x, p.W, p.R, lengths, p.reverse, p.activation == "relu", *w, *g, *out)
-            elif p.cell == "lstm":
-                mod.lstm_backward(x, p.W, p.R, lengths, p.reverse, *w, *g, *out)
-            else:
-                mod.gru_backward(x, p.W, p.R, lengths, p.reverse, p.reset_after, *w, *g, *out)
-
-        self._run(run, bounds)
+            threads.run_blocks(run, len(bounds) - 1)
         total = wgrads[0]
         for other in wgrads[1:]:
             for acc, part in zip(total, other):
@@ -227,6 +207,29 @@ class CompiledKernel:
         else:
             db = total[2]
         return dx, d_init, dW, dR, db
+
+
+def _kernel_forward(mod, p, training, x, lengths, states, out, ws):
+    """One forward kernel call of problem p on rows given by x, lengths, states, out (y and finals) and ws."""
+    if p.cell == "lstm":
+        mod.lstm_forward(x, p.W, p.R, p.b, states[0], states[1], lengths, p.reverse, training, *out, *ws)
+    elif p.cell == "simple_rnn":
+        mod.simple_rnn_forward(x, p.W, p.R, p.b, states[0], lengths, p.reverse, p.activation == "relu", training,
+                               *out, *ws)
+    else:
+        b_in, b_rec = (p.b[0], p.b[1]) if p.reset_after else (p.b, np.zeros_like(p.b))
+        mod.gru_forward(x, p.W, p.R, b_in, b_rec, states[0], lengths, p.reverse, p.reset_after, training, *out, *ws)
+
+
+def _kernel_backward(mod, p, x, lengths, ws, grads, out):
+    """One backward kernel call of problem p on rows given by x, lengths, ws, grads (dy and the final states'
+    gradients) and out (dx, the initial states' gradients, then the weight gradients of these rows)."""
+    if p.cell == "lstm":
+        mod.lstm_backward(x, p.W, p.R, lengths, p.reverse, *ws, *grads, *out)
+    elif p.cell == "simple_rnn":
+        mod.simple_rnn_backward(x, p.W, p.R, lengths, p.reverse, p.activation == "relu", *ws, *grads, *out)
+    else:
+        mod.gru_backward(x, p.W, p.R, lengths, p.reverse, p.reset_after, *ws, *grads, *out)
 
 
 # Inference passes the kernels empty workspaces (they ignore them; size 0, nothing to write): shared, per dtype and

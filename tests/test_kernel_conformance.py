@@ -186,15 +186,21 @@ def test_auto_picks_by_size_and_layers_follow_the_size_of_each_call():
     layer = fastrnn.LSTM(64, return_sequences=True, seed=0)
     cell = fastrnn.LSTMCell(64, 64, seed=0)
     rng = np.random.default_rng(0)
-    for B, T in ((1, 2), (4, 40), (1, 2)):
+    # (8, 20) has the size class of (4, 40) and (2, 3) that of (1, 2): the layer's cached choice by shape and by
+    # size class must both follow
+    for B, T in ((1, 2), (4, 40), (8, 20), (1, 2), (2, 3), (4, 40), (4, 40)):
         x = rng.standard_normal((B, T, 64)).astype(np.float32)
         y = layer(x)
-        assert layer.backend_used == ("cython" if (B, T) == (4, 40) else "numba")
+        assert layer.backend_used == ("cython" if B * T >= 160 else "numba")
         want = ops.rnn_forward("lstm", x, layer.get_weights(), backend="numpy").outputs
         assert rel_err(y, want) < FLOAT32_TOL
-    for B in (1, 64, 1):   # 2 * 64 * 128 * 4 * 64 = 4.2 MFLOP: a cell step stays below
-        cell(rng.standard_normal((B, 64)).astype(np.float32), (np.zeros((B, 64), np.float32),) * 2)
-        assert cell.backend_used == "numba"
+    # a cell step: 2 * B * 128 * 4 * 64 flops, Cython from batch 123
+    for B in (1, 64, 128, 128, 1, 1):
+        x = rng.standard_normal((B, 64)).astype(np.float32)
+        h, c = cell(x, (np.zeros((B, 64), np.float32),) * 2)
+        assert cell.backend_used == ("cython" if B == 128 else "numba")
+        want = ops.rnn_forward("lstm", x[:, None], cell.weights, backend="numpy").states[0]
+        assert rel_err(h, want) < FLOAT32_TOL
 
 
 @pytest.mark.parametrize("cell,options", CELL_OPTIONS, ids=CELL_OPTION_IDS)
