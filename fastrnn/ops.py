@@ -159,7 +159,7 @@ class CompiledKernel:
         # (a generator expression here would cost ~0.6 us of a ~10 us step call)
         finals = (np.empty((B, U), dt), np.empty((B, U), dt)) if p.cell == "lstm" else (np.empty((B, U), dt),)
         if training:
-            ws = tuple(np.zeros((B, T, w * U), dt) for _, w in WORKSPACES[p.cell])
+            ws = training_workspaces(p.cell, B, T, U, dt)
         else:
             ws = _NO_WORKSPACE[dt][p.cell]  # ignored in inference (kernels/README.md): one shared empty array
         bounds = self.blocks(p, 1)
@@ -207,6 +207,22 @@ class CompiledKernel:
         else:
             db = total[2]
         return dx, d_init, dW, dR, db
+
+
+def training_workspaces(cell, B, T, U, dtype):
+    """The zeroed workspaces of a training forward (WORKSPACES), as views of one allocation.
+
+    One block rather than one array each: glibc returns the top of its heap to the OS when more than twice the
+    largest recent allocation is free there, and a training call's arrays (these, the kernel's input projection,
+    y) add up to more than that, so every call got fresh pages and paid a page fault per 4 KB on first write
+    (LSTM 128 units, batch 16, T=100: 9.7 ms -> 5.8 ms for the training forward, measured side by side)."""
+    widths = [w for _, w in WORKSPACES[cell]]
+    block = np.zeros(B * T * U * sum(widths), dtype)
+    views, start = [], 0
+    for w in widths:
+        views.append(block[start:start + B * T * w * U].reshape(B, T, w * U))
+        start += B * T * w * U
+    return tuple(views)
 
 
 def _kernel_forward(mod, p, training, x, lengths, states, out, ws):
