@@ -124,6 +124,27 @@ def test_matches_reference_every_thread_count(cell, options, lengths, reverse, d
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("cell,options", CELL_OPTIONS, ids=CELL_OPTION_IDS)
+def test_larger_batches_match_reference(cell, options, reverse, dtype):
+    """Batches the gated cells take up to GATED_MAX_BATCH: row blocks of 4 with a tail, ragged lengths."""
+    for B in (9, cs.GATED_MAX_BATCH):
+        p = problem(cell, options, B, 11, 6, 67, dtype, seed=B, lengths="mixed", reverse=reverse,
+                    scale=1 / np.sqrt(67))
+        want_y, want_states = reference(p)
+        first = None
+        for n in (1, 2, 3):
+            got = cs.forward(p, n)
+            assert close(got[0], want_y, dtype), (B, n, rel_err(got[0], want_y))
+            for s, w in zip(got[1], want_states):
+                assert close(s, w, dtype), (B, n, rel_err(s, w))
+            if first is None:
+                first = got
+            else:
+                assert_same_bits(got, first)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("cell,options", CELL_OPTIONS, ids=CELL_OPTION_IDS)
 def test_matches_single_threaded_cython_kernel(cell, options, dtype):
     """Larger shapes (several panels of columns, a partial one; input projection in blocks of rows with a tail)
@@ -327,10 +348,13 @@ def test_policy():
     short = problem("lstm", {}, 1, 100, 8, 128, np.float32, lengths=[cs.MIN_STEPS - 1])
     assert not cs.worthwhile(short, 2), "steps are the longest row's length"
     small_r = problem("simple_rnn", {}, cs.MAX_BATCH + 1, 100, 8, 256, np.float32)
-    assert not cs.worthwhile(small_r, 2), "batch 4 and up: only a large R"
-    large_r = problem("lstm", {}, cs.LARGE_R_MAX_BATCH, 40, 8, 256, np.float32)
+    assert not cs.worthwhile(small_r, 2), "SimpleRNN from batch 5: only a large R"
+    large_r = problem("simple_rnn", {}, cs.LARGE_R_MAX_BATCH, 40, 8, 512, np.float32)   # R: 1 MB
     assert cs.worthwhile(large_r, 2)
-    assert not cs.worthwhile(problem("lstm", {}, cs.LARGE_R_MAX_BATCH + 1, 40, 8, 256, np.float32), 2)
+    assert not cs.worthwhile(problem("simple_rnn", {}, cs.LARGE_R_MAX_BATCH + 1, 40, 8, 512, np.float32), 2)
+    for cell in ("lstm", "gru"):   # gated cells: up to GATED_MAX_BATCH whatever R's size
+        assert cs.worthwhile(problem(cell, {}, cs.GATED_MAX_BATCH, 40, 8, 64, np.float32), 2)
+        assert not cs.worthwhile(problem(cell, {}, cs.GATED_MAX_BATCH + 1, 40, 8, 64, np.float32), 2)
 
 
 def test_contention_backoff_and_concurrent_calls_run_alone(monkeypatch):
