@@ -12,9 +12,10 @@ from cython cimport floating
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy, memset
 
-from fused_blas cimport (active_inputs, active_rows, column_sums, flush_denormals, fr_isa, gemm, gru_gates_row,
-                         gru_row, gru_state_row, has_padding, max_length, pack_for, pack_pays, pack_pays_rows,
-                         packed_elements, position, product, restore_fp_mode, zero_padding)
+from fused_blas cimport (active_inputs, active_rows, column_sums, flush_denormals, fr_isa, gru_gates_row, gru_row,
+                         gru_state_row, has_padding, max_length, pack_for, pack_pays, pack_pays_rows,
+                         packed_elements, position, product, restore_fp_mode, weight_grads, weight_grads_work,
+                         zero_padding)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -202,6 +203,7 @@ def gru_backward(const floating[:, :, ::1] x, const floating[:, ::1] W, const fl
     cdef floating[:, ::1] dstep = np.empty((B, 3 * U), dtype)
     cdef floating[:, ::1] dhr = np.empty((B, U), dtype)
     cdef double[::1] acc = np.empty(3 * U, np.float64)
+    cdef floating[::1] wg = np.empty(weight_grads_work(max(D, U), 3 * U, B * T, sizeof(floating)), dtype)
     # Packed for fused_blas.product where that pays: W.T (dx), and R.T (every step; reset_after=False: R[:, :2U].T
     # in RTbuf, R[:, 2U:].T in RhTbuf)
     cdef Py_ssize_t n_steps = max_length(&lengths[0], B), item = sizeof(floating)
@@ -226,13 +228,14 @@ def gru_backward(const floating[:, :, ::1] x, const floating[:, ::1] W, const fl
             _backward_reset_after(B, T, D, U, xa, &W[0, 0], &R[0, 0], pWT, pRT, &lengths[0], reverse,
                                   &ws_hprev[0, 0, 0], &ws_gates[0, 0, 0], &ws_vh[0, 0, 0], &dy[0, 0, 0],
                                   &dhT[0, 0], &dx[0, 0, 0], &dh0[0, 0], &dW[0, 0], &dR[0, 0], &db_in[0],
-                                  &db_rec[0], &du[0, 0], &extra[0, 0], &dstep[0, 0], &dhr[0, 0], &acc[0])
+                                  &db_rec[0], &du[0, 0], &extra[0, 0], &dstep[0, 0], &dhr[0, 0], &acc[0],
+                                  &wg[0])
         else:
             _backward_reset_before(B, T, D, U, xa, &W[0, 0], &R[0, 0], pWT, pRT, pRhT,
                                    &lengths[0], reverse,
                                    &ws_hprev[0, 0, 0], &ws_gates[0, 0, 0], &dy[0, 0, 0],
                                    &dhT[0, 0], &dx[0, 0, 0], &dh0[0, 0], &dW[0, 0], &dR[0, 0], &db_in[0],
-                                   &du[0, 0], &extra[0, 0], &dstep[0, 0], &dhr[0, 0], &acc[0])
+                                   &du[0, 0], &extra[0, 0], &dstep[0, 0], &dhr[0, 0], &acc[0], &wg[0])
         restore_fp_mode(fp_mode)
     if not reset_after:
         db_rec[:] = 0
@@ -246,7 +249,7 @@ cdef void _backward_reset_after(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssi
                                 floating* dx, floating* dh, floating* dW, floating* dR,
                                 floating* db_in, floating* db_rec,
                                 floating* du, floating* dv, floating* dv_step, floating* dhr,
-                                double* acc) noexcept nogil:
+                                double* acc, floating* wg) noexcept nogil:
     # The running gradient w.r.t. the state lives in the output dh0 (= dh); inactive rows keep it.
     cdef floating one = 1, zero = 0, z, r, hh, hp, dht, daz, dar, dah
     cdef Py_ssize_t s, bb, t, j, lo, hi, n_steps, G = 3 * U, BT = B * T, pos
@@ -305,11 +308,11 @@ cdef void _backward_reset_after(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssi
                     dh[bb * U + j] += dhr[bb * U + j]
 
     # Weight and input gradients: a few large matmuls over all positions at once.
-    gemm(True, False, <int> D, <int> G, <int> BT, one, x, <int> D, du, <int> G, zero, dW, <int> G)
+    weight_grads(BT, G, du, G, D, x, D, dW, 0, NULL, 0, NULL, G, wg, isa)            # dW = x^T du
     WTp = pack_for(W, G, G, D, True, WTbuf)
     product(BT, G, du, G, W, G, True, WTp, D, dx, D, isa)
     zero_padding(dx, lengths, B, T, D)  # 0 already, unless W holds inf / NaN (0 * inf): padded inputs get no gradient
-    gemm(True, False, <int> U, <int> G, <int> BT, one, ws_hprev, <int> U, dv, <int> G, zero, dR, <int> G)
+    weight_grads(BT, G, dv, G, U, ws_hprev, U, dR, 0, NULL, 0, NULL, G, wg, isa)     # dR = h_prev^T dv
     column_sums(du, BT, G, G, acc, db_in)
     column_sums(dv, BT, G, G, acc, db_rec)
 
@@ -321,7 +324,7 @@ cdef void _backward_reset_before(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ss
                                  const floating* dy, const floating* dhT,
                                  floating* dx, floating* dh, floating* dW, floating* dR, floating* db,
                                  floating* du, floating* rh, floating* dstep, floating* dhr,
-                                 double* acc) noexcept nogil:
+                                 double* acc, floating* wg) noexcept nogil:
     # Per step, mirroring the forward: pass 1 (dz, da_h, direct path), matmul d(r*h) = da_h @ R_h.T,
     # pass 2 (da_z, da_r, reset path), matmul da_zr @ R[:, :2U].T, pass 3 (add it to dh).
     # dstep's row holds [dz -> da_z, da_r, da_h]; dhr holds d(r*h), then da_zr @ R[:, :2U].T.
@@ -395,12 +398,10 @@ cdef void _backward_reset_before(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ss
     zero_padding(rh, lengths, B, T, U)
 
     # Weight and input gradients: a few large matmuls over all positions at once.
-    gemm(True, False, <int> D, <int> G, <int> BT, one, x, <int> D, du, <int> G, zero, dW, <int> G)
+    weight_grads(BT, G, du, G, D, x, D, dW, 0, NULL, 0, NULL, G, wg, isa)                # dW = x^T du
     WTp = pack_for(W, G, G, D, True, WTbuf)
     product(BT, G, du, G, W, G, True, WTp, D, dx, D, isa)
     zero_padding(dx, lengths, B, T, D)  # 0 already, unless W holds inf / NaN (0 * inf): padded inputs get no gradient
-    gemm(True, False, <int> U, <int> (2 * U), <int> BT, one, ws_hprev, <int> U, du, <int> G,
-         zero, dR, <int> G)
-    gemm(True, False, <int> U, <int> U, <int> BT, one, rh, <int> U, du + 2 * U, <int> G,
-         zero, dR + 2 * U, <int> G)
+    weight_grads(BT, 2 * U, du, G, U, ws_hprev, U, dR, 0, NULL, 0, NULL, G, wg, isa)     # dR[:, :2U] = h_prev^T du
+    weight_grads(BT, U, du + 2 * U, G, U, rh, U, dR + 2 * U, 0, NULL, 0, NULL, G, wg, isa)  # dR[:, 2U:]
     column_sums(du, BT, G, G, acc, db)

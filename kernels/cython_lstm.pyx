@@ -10,9 +10,9 @@ from cython cimport floating
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy
 
-from fused_blas cimport (active_inputs, active_rows, column_sums, flush_denormals, fr_isa, gemm, has_padding,
-                         lstm_row, max_length, pack_for, pack_pays, pack_pays_rows, packed_elements, position,
-                         product, restore_fp_mode, tanh_, zero_padding)
+from fused_blas cimport (active_inputs, active_rows, column_sums, flush_denormals, fr_isa, has_padding, lstm_row,
+                         max_length, pack_for, pack_pays, pack_pays_rows, packed_elements, position, product,
+                         restore_fp_mode, tanh_, weight_grads, weight_grads_work, zero_padding)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -132,6 +132,7 @@ def lstm_backward(const floating[:, :, ::1] x, const floating[:, ::1] W, const f
     cdef bint pack_w = pack_pays_rows(B * T), pack_r = pack_pays(n_steps)
     cdef floating[::1] RTbuf = np.empty(packed_elements(4 * U, U, item) if pack_r else 1, dtype)
     cdef floating[::1] WTbuf = np.empty(packed_elements(4 * U, D, item) if pack_w else 1, dtype)
+    cdef floating[::1] wg = np.empty(weight_grads_work(max(D, U), 4 * U, B * T, item), dtype)  # weight_grads
     cdef double[::1] acc = np.empty(4 * U, np.float64)
     # x with zeros at padded positions for dW (fused_blas.active_inputs), only when some row is padded
     cdef bint padded = has_padding(&lengths[0], B, T)
@@ -147,7 +148,7 @@ def lstm_backward(const floating[:, :, ::1] x, const floating[:, ::1] W, const f
                   &ws_hprev[0, 0, 0], &ws_cprev[0, 0, 0], &ws_gates[0, 0, 0], &ws_c[0, 0, 0],
                   &dy[0, 0, 0], &dhT[0, 0], &dcT[0, 0],
                   &dx[0, 0, 0], &dh0[0, 0], &dc0[0, 0], &dW[0, 0], &dR[0, 0], &db[0],
-                  &da[0, 0], &da_step[0, 0], &dhr[0, 0], &acc[0])
+                  &da[0, 0], &da_step[0, 0], &dhr[0, 0], &acc[0], &wg[0])
         restore_fp_mode(fp_mode)
 
 
@@ -158,7 +159,7 @@ cdef void _backward(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
                     const floating* ws_gates, const floating* ws_c,
                     const floating* dy, const floating* dhT, const floating* dcT,
                     floating* dx, floating* dh, floating* dc, floating* dW, floating* dR, floating* db,
-                    floating* da, floating* da_step, floating* dhr, double* acc) noexcept nogil:
+                    floating* da, floating* da_step, floating* dhr, double* acc, floating* wg) noexcept nogil:
     # The running gradients w.r.t. the states live in the outputs dh0, dc0 (= dh, dc); inactive rows keep them.
     cdef floating one = 1, zero = 0, gi, gf, gg, go, tc, dht, dct
     cdef Py_ssize_t s, bb, t, j, lo, hi, n_steps, G = 4 * U, BT = B * T, pos
@@ -217,9 +218,8 @@ cdef void _backward(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
                 memcpy(dh + bb * U, dhr + bb * U, U * sizeof(floating))
 
     # Weight and input gradients: a few large matmuls over all positions at once.
-    gemm(True, False, <int> D, <int> G, <int> BT, one, x, <int> D, da, <int> G, zero, dW, <int> G)
+    weight_grads(BT, G, da, G, D, x, D, dW, U, ws_hprev, U, dR, G, wg, isa)   # dW = x^T da, dR = h_prev^T da
     WTp = pack_for(W, G, G, D, True, WTbuf)
     product(BT, G, da, G, W, G, True, WTp, D, dx, D, isa)
     zero_padding(dx, lengths, B, T, D)  # 0 already, unless W holds inf / NaN (0 * inf): padded inputs get no gradient
-    gemm(True, False, <int> U, <int> G, <int> BT, one, ws_hprev, <int> U, da, <int> G, zero, dR, <int> G)
     column_sums(da, BT, G, G, acc, db)

@@ -9,9 +9,9 @@ from cython cimport floating
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy
 
-from fused_blas cimport (active_inputs, active_rows, column_sums, flush_denormals, fr_isa, gemm, has_padding,
+from fused_blas cimport (active_inputs, active_rows, column_sums, flush_denormals, fr_isa, has_padding,
                          max_length, pack_for, pack_pays, pack_pays_rows, packed_elements, position, product,
-                         restore_fp_mode, simple_rnn_row, zero_padding)
+                         restore_fp_mode, simple_rnn_row, weight_grads, weight_grads_work, zero_padding)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -115,6 +115,7 @@ def simple_rnn_backward(const floating[:, :, ::1] x, const floating[:, ::1] W, c
     cdef bint pack_w = pack_pays_rows(B * T), pack_r = pack_pays(n_steps)
     cdef floating[::1] RTbuf = np.empty(packed_elements(U, U, item) if pack_r else 1, dtype)
     cdef floating[::1] WTbuf = np.empty(packed_elements(U, D, item) if pack_w else 1, dtype)
+    cdef floating[::1] wg = np.empty(weight_grads_work(max(D, U), U, B * T, item), dtype)  # fused_blas.weight_grads
     cdef double[::1] acc = np.empty(U, np.float64)
     # x with zeros at padded positions for dW (fused_blas.active_inputs), only when some row is padded
     cdef bint padded = has_padding(&lengths[0], B, T)
@@ -129,7 +130,7 @@ def simple_rnn_backward(const floating[:, :, ::1] x, const floating[:, ::1] W, c
                   &lengths[0], reverse, relu,
                   &ws_hprev[0, 0, 0], &ws_h[0, 0, 0], &dy[0, 0, 0], &dhT[0, 0],
                   &dx[0, 0, 0], &dh0[0, 0], &dW[0, 0], &dR[0, 0], &db[0],
-                  &da[0, 0], &da_step[0, 0], &dhr[0, 0], &acc[0])
+                  &da[0, 0], &da_step[0, 0], &dhr[0, 0], &acc[0], &wg[0])
         restore_fp_mode(fp_mode)
 
 
@@ -139,7 +140,7 @@ cdef void _backward(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
                     bint reverse, bint relu, const floating* ws_hprev, const floating* ws_h,
                     const floating* dy, const floating* dhT,
                     floating* dx, floating* dh, floating* dW, floating* dR, floating* db,
-                    floating* da, floating* da_step, floating* dhr, double* acc) noexcept nogil:
+                    floating* da, floating* da_step, floating* dhr, double* acc, floating* wg) noexcept nogil:
     # The running gradient w.r.t. the state lives in the output dh0 (= dh); inactive rows keep it.
     cdef floating one = 1, zero = 0, g, hv
     cdef Py_ssize_t s, bb, t, j, lo, hi, n_steps, BT = B * T
@@ -181,9 +182,8 @@ cdef void _backward(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
                 memcpy(dh + bb * U, dhr + bb * U, U * sizeof(floating))
 
     # Weight and input gradients: a few large matmuls over all positions at once.
-    gemm(True, False, <int> D, <int> U, <int> BT, one, x, <int> D, da, <int> U, zero, dW, <int> U)
+    weight_grads(BT, U, da, U, D, x, D, dW, U, ws_hprev, U, dR, U, wg, isa)   # dW = x^T da, dR = h_prev^T da
     WTp = pack_for(W, U, U, D, True, WTbuf)
     product(BT, U, da, U, W, U, True, WTp, D, dx, D, isa)
     zero_padding(dx, lengths, B, T, D)  # 0 already, unless W holds inf / NaN (0 * inf): padded inputs get no gradient
-    gemm(True, False, <int> U, <int> U, <int> BT, one, ws_hprev, <int> U, da, <int> U, zero, dR, <int> U)
     column_sums(da, BT, U, U, acc, db)

@@ -60,7 +60,7 @@ from libc.string cimport memcpy, memset
 
 from fused_blas cimport (active_rows, aligned64, flush_denormals, fr_isa, fr_set_isa_cap, gru_gates_row, gru_row,
                          gru_state_row, lstm_row, max_length, pack, pack_gate_columns, packed_elements, packed_matmul,
-                         packed_size, position, restore_fp_mode, simple_rnn_row)
+                         packed_size, position, restore_fp_mode, simple_rnn_row, weight_grads, weight_grads_work)
 
 
 cdef extern from *:
@@ -693,6 +693,28 @@ def _matmul_check(const floating[:, ::1] A, const floating[:, ::1] Bm, int reps=
         for r in range(reps):
             packed_matmul(<int> M, <int> K, &A[0, 0], K, Pa, <int> N, &Cv[0, 0], N, level)
     return C, (time.perf_counter() - t0) / max(reps, 1)
+
+
+def _weight_grads_check(const floating[:, ::1] A1, const floating[:, ::1] dZ, A2=None, int isa_level=-1):
+    """(A1^T @ dZ, A2^T @ dZ or None) through fused_blas.weight_grads (tests; the backward kernels' dW, dR)."""
+    cdef Py_ssize_t K = dZ.shape[0], N = dZ.shape[1], M1 = A1.shape[1], M2 = 0
+    dtype = np.float32 if floating is float else np.float64
+    cdef const floating[:, ::1] a2 = A2 if A2 is not None else np.empty((1, 1), dtype)
+    if A2 is not None:
+        M2 = a2.shape[1]
+    if A1.shape[0] != K or a2.shape[0] != (K if A2 is not None else 1):
+        raise ValueError("A1, A2 and dZ must have the same number of rows")
+    C1 = np.full((M1, N), np.nan, dtype)   # NaN: the result must not depend on what C held
+    C2 = np.full((max(M2, 1), N), np.nan, dtype)
+    cdef floating[:, ::1] c1 = C1, c2 = C2
+    cdef floating[::1] work = np.empty(weight_grads_work(max(M1, M2), N, K, sizeof(floating)), dtype)
+    cdef int level = fr_isa() if isa_level < 0 else isa_level
+    # With K = 0 nothing is read: any non-NULL pointer stands for the empty operands (NULL A2 means "no A2").
+    cdef const floating* empty = &work[0]
+    with nogil:
+        weight_grads(K, N, &dZ[0, 0] if K else empty, N, M1, &A1[0, 0] if K else empty, M1, &c1[0, 0],
+                     M2, (&a2[0, 0] if K else empty) if M2 else NULL, M2, &c2[0, 0], N, &work[0], level)
+    return C1, (C2[:M2] if A2 is not None else None)
 
 
 cdef struct _BarrierBench:

@@ -14,7 +14,8 @@
 #include <string.h>
 
 /* ---------------------------------------------------------------------------------------------------------
-   C (M, N) = A (M, K) @ P, P packed in panels (below); row-major A and C with row strides lda, ldc.
+   C (M, N) = A (M, K) @ P (or C += A @ P), P packed in panels (below); row-major A and C with row strides lda,
+   ldc.
 
    Packing: P holds the K x N matrix as ceil(N / NR) panels of NR columns, each panel K rows of NR
    contiguous elements (128 bytes: two 64-byte vectors), the last panel zero-padded; P is 64-byte aligned.
@@ -36,10 +37,11 @@ typedef double fr_vd2 __attribute__((vector_size(16)));
 #define FR_INLINE static inline __attribute__((always_inline))
 
 /* One block of MR rows (MR <= 4) and one panel, with the k loop split over KS sets of accumulators:
-   a template over the element type T and the vector type V, as a macro. */
+   a template over the element type T and the vector type V, as a macro. acc: add to C instead of overwriting it
+   (the weight gradients, summed over chunks of k). */
 #define FR_DEFINE_BLOCK(T, V, NAME)                                                                         \
 FR_INLINE void NAME(const int MR, const int KS, int K, const T* A, ptrdiff_t lda, const T* P,              \
-                    int nc, T* C, ptrdiff_t ldc) {                                                          \
+                    int nc, T* C, ptrdiff_t ldc, int acc) {                                                 \
     enum { NR = FR_PANEL_BYTES / sizeof(T), NVEC = FR_PANEL_BYTES / sizeof(V), VL = sizeof(V) / sizeof(T) }; \
     V c[4][4][NVEC];                                                                                        \
     int k, r, s, v, j;                                                                                      \
@@ -75,14 +77,20 @@ FR_INLINE void NAME(const int MR, const int KS, int K, const T* A, ptrdiff_t lda
                 c[0][r][v] += c[s][r][v];                                                                   \
     _Pragma("GCC unroll 4") for (r = 0; r < MR; r++) {                                                      \
         if (nc == NR) {                                                                                     \
-            _Pragma("GCC unroll 8") for (v = 0; v < NVEC; v++)                                              \
+            _Pragma("GCC unroll 8") for (v = 0; v < NVEC; v++) {                                            \
+                if (acc) {                                                                                  \
+                    V old;                                                                                  \
+                    memcpy(&old, C + r * ldc + v * VL, sizeof(V));                                          \
+                    c[0][r][v] += old;                                                                      \
+                }                                                                                           \
                 memcpy(C + r * ldc + v * VL, &c[0][r][v], sizeof(V));                                       \
+            }                                                                                               \
         } else {                                                                                            \
             T tmp[NR];                                                                                      \
             _Pragma("GCC unroll 8") for (v = 0; v < NVEC; v++)                                              \
                 memcpy(tmp + v * VL, &c[0][r][v], sizeof(V));                                               \
             for (j = 0; j < nc; j++)                                                                        \
-                C[r * ldc + j] = tmp[j];                                                                    \
+                C[r * ldc + j] = acc ? C[r * ldc + j] + tmp[j] : tmp[j];                                    \
         }                                                                                                   \
     }                                                                                                       \
 }
@@ -98,7 +106,8 @@ FR_DEFINE_BLOCK(double, fr_vd2, fr_block_f64_128)
    Register budget by LEVEL: 2 (AVX-512, 32 registers): blocks of 4 rows, GEMV split 4 ways;
    1 (AVX2, 16 registers): 2 rows, GEMV split 2 ways; 0 (SSE2): 1 row, no split. */
 #define FR_DEFINE_MATMUL(T, BLOCK, NAME, ATTR, LEVEL)                                                       \
-ATTR static void NAME(int M, int K, const T* A, ptrdiff_t lda, const T* P, int N, T* C, ptrdiff_t ldc) {   \
+ATTR static void NAME(int M, int K, const T* A, ptrdiff_t lda, const T* P, int N, T* C, ptrdiff_t ldc,     \
+                      int acc) {                                                                            \
     enum { NR = FR_PANEL_BYTES / sizeof(T) };                                                               \
     int p, i, npan = (N + NR - 1) / NR;                                                                     \
     for (p = 0; p < npan; p++) {                                                                            \
@@ -109,11 +118,12 @@ ATTR static void NAME(int M, int K, const T* A, ptrdiff_t lda, const T* P, int N
             int left = M - i;                                                                               \
             const T* Ai = A + i * lda;                                                                      \
             T* Ci = Cp + i * ldc;                                                                           \
-            if (LEVEL >= 2 && left >= 4)      { BLOCK(4, 1, K, Ai, lda, Pp, nc, Ci, ldc); i += 4; }         \
-            else if (LEVEL >= 2 && left == 3) { BLOCK(3, 1, K, Ai, lda, Pp, nc, Ci, ldc); i += 3; }         \
-            else if (LEVEL >= 1 && left >= 2) { BLOCK(2, LEVEL >= 2 ? 2 : 1, K, Ai, lda, Pp, nc, Ci, ldc);  \
-                                                i += 2; }                                                   \
-            else { BLOCK(1, LEVEL >= 2 ? 4 : LEVEL >= 1 ? 2 : 1, K, Ai, lda, Pp, nc, Ci, ldc); i += 1; }    \
+            if (LEVEL >= 2 && left >= 4)      { BLOCK(4, 1, K, Ai, lda, Pp, nc, Ci, ldc, acc); i += 4; }    \
+            else if (LEVEL >= 2 && left == 3) { BLOCK(3, 1, K, Ai, lda, Pp, nc, Ci, ldc, acc); i += 3; }    \
+            else if (LEVEL >= 1 && left >= 2) { BLOCK(2, LEVEL >= 2 ? 2 : 1, K, Ai, lda, Pp, nc, Ci, ldc,   \
+                                                      acc); i += 2; }                                       \
+            else { BLOCK(1, LEVEL >= 2 ? 4 : LEVEL >= 1 ? 2 : 1, K, Ai, lda, Pp, nc, Ci, ldc, acc);         \
+                   i += 1; }                                                                                \
         }                                                                                                   \
     }                                                                                                       \
 }
@@ -130,24 +140,23 @@ FR_DEFINE_MATMUL(double, fr_block_f64_128, fr_matmul_f64_base, , 0)
 
 #else  /* not GCC / Clang: plain loops */
 #define FR_DEFINE_PLAIN(T, NAME)                                                                            \
-static void NAME(int M, int K, const T* A, ptrdiff_t lda, const T* P, int N, T* C, ptrdiff_t ldc) {        \
+static void NAME(int M, int K, const T* A, ptrdiff_t lda, const T* P, int N, T* C, ptrdiff_t ldc,         \
+                 int acc) {                                                                                 \
     enum { NR = FR_PANEL_BYTES / sizeof(T) };                                                               \
     int i, j, k;                                                                                            \
     for (i = 0; i < M; i++)                                                                                 \
         for (j = 0; j < N; j++) {                                                                           \
             const T* Pp = P + (ptrdiff_t) (j / NR) * K * NR + j % NR;                                       \
-            T acc = 0;                                                                                      \
+            T sum = 0;                                                                                      \
             for (k = 0; k < K; k++)                                                                         \
-                acc += A[i * lda + k] * Pp[(ptrdiff_t) k * NR];                                             \
-            C[i * ldc + j] = acc;                                                                           \
+                sum += A[i * lda + k] * Pp[(ptrdiff_t) k * NR];                                             \
+            C[i * ldc + j] = acc ? C[i * ldc + j] + sum : sum;                                              \
         }                                                                                                   \
 }
 FR_DEFINE_PLAIN(float, fr_matmul_f32_base)
 FR_DEFINE_PLAIN(double, fr_matmul_f64_base)
 #endif
 
-typedef void (*fr_matmul_f32_t)(int, int, const float*, ptrdiff_t, const float*, int, float*, ptrdiff_t);
-typedef void (*fr_matmul_f64_t)(int, int, const double*, ptrdiff_t, const double*, int, double*, ptrdiff_t);
 
 /* Instruction set: 2 AVX-512, 1 AVX2+FMA, 0 baseline; fr_isa_max caps it (tests: fr_set_isa_cap, per module). */
 static int fr_isa_max = 2;
@@ -170,7 +179,7 @@ static int fr_isa(void) {
     return isa < fr_isa_max ? isa : fr_isa_max;
 }
 
-/* fr_matmul_f32 / fr_matmul_f64: the product on the instruction set `isa` (fr_isa()). */
+/* fr_matmul_f32 / fr_matmul_f64: the product on the instruction set `isa` (fr_isa()); acc: C += instead of C =. */
 #if defined(FR_X86)
 #define FR_DISPATCH_ISA(NAME, ...)                                                                      \
     if (isa == 2) { NAME##_avx512(__VA_ARGS__); return; }                                                  \
@@ -180,12 +189,12 @@ static int fr_isa(void) {
 #endif
 #define FR_DEFINE_DISPATCH(T, NAME)                                                                        \
 static void NAME(int M, int K, const T* A, ptrdiff_t lda, const T* P, int N, T* C, ptrdiff_t ldc,         \
-                 int isa) {                                                                                \
+                 int acc, int isa) {                                                                       \
     if (M <= 0 || N <= 0)                                                                                  \
         return;                                                                                            \
-    FR_DISPATCH_ISA(NAME, M, K, A, lda, P, N, C, ldc)                                                   \
+    FR_DISPATCH_ISA(NAME, M, K, A, lda, P, N, C, ldc, acc)                                              \
     (void) isa;                                                                                            \
-    NAME##_base(M, K, A, lda, P, N, C, ldc);                                                               \
+    NAME##_base(M, K, A, lda, P, N, C, ldc, acc);                                                          \
 }
 FR_DEFINE_DISPATCH(float, fr_matmul_f32)
 FR_DEFINE_DISPATCH(double, fr_matmul_f64)

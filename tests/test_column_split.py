@@ -238,6 +238,29 @@ def test_matmul_every_instruction_set(dtype):
             assert np.allclose(C, want, rtol=tol, atol=tol * max(1, K)), (level, M, K, N)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_weight_grads_every_instruction_set(dtype):
+    """fused_blas.weight_grads (dW = x^T dA, dR = h^T dA in the backward kernels): chunks of k (512) with a tail,
+    blocks of A's columns (256 float32 / 128 float64) with a tail, partial panels, one or two A's, k = 0."""
+    rng = np.random.default_rng(4)
+    best = {"avx512": 2, "avx2": 1, "baseline": 0}[ct.isa()]
+    for level in range(best + 1):
+        for K, M1, M2, N in ((1, 1, 0, 1), (3, 5, 4, 33), (512, 7, 2, 64), (513, 30, 0, 97), (1100, 270, 9, 40),
+                             (40, 3, 600, 17), (0, 4, 3, 5)):
+            A1 = rng.standard_normal((K, M1)).astype(dtype)
+            A2 = rng.standard_normal((K, M2)).astype(dtype) if M2 else None
+            dZ = rng.standard_normal((K, N)).astype(dtype)
+            C1, C2 = ct._weight_grads_check(A1, dZ, A2, level)
+            tol = 1e-12 if dtype == np.float64 else 1e-5
+            for C, A in ((C1, A1), (C2, A2)):
+                if A is None:
+                    assert C is None
+                    continue
+                want = A.astype(np.float64).T @ dZ.astype(np.float64)
+                assert C.shape == want.shape
+                assert np.allclose(C, want, rtol=tol, atol=tol * max(1, K)), (level, K, M1, M2, N)
+
+
 @pytest.mark.parametrize("cell,options", CELL_OPTIONS, ids=CELL_OPTION_IDS)
 def test_every_instruction_set_gives_reference_results(cell, options):
     best = {"avx512": 2, "avx2": 1, "baseline": 0}[ct.isa()]

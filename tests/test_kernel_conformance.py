@@ -119,6 +119,16 @@ def test_kernel_matches_reference_packed_in_row_chunks(backend, dtype):
     assert_conforms(backend, "lstm", {}, p, dtype, reverse=True)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("cell,options", CELL_OPTIONS, ids=CELL_OPTION_IDS)
+def test_kernel_weight_gradients_in_chunks(backend, cell, options, dtype):
+    """The Cython backward sums dW = x^T dA and dR = h^T dA over chunks of 512 positions (fused_blas.weight_grads),
+    in blocks of 256 (float32) / 128 (float64) of x's features: 3 * 200 = 600 positions (a chunk and a tail) and
+    300 features."""
+    p = random_problem(cell, B=3, T=200, D=300, U=6, seed=16, lengths="mixed", scale=0.05, **options)
+    assert_conforms(backend, cell, options, p, dtype, reverse=False)
+
+
 @settings(max_examples=40, deadline=None, derandomize=True)
 @given(data=st.data())
 @pytest.mark.parametrize("cell,options", CELL_OPTIONS, ids=CELL_OPTION_IDS)
