@@ -29,12 +29,14 @@ costs about half (each core streams half of R). So:
   (LARGE_R_BYTES or more: each core streams half of R each step instead of all of it): at batch 8, 1.4-2.2x vs
   1.4-1.9x. With a smaller R at batch 8 the two were even (LSTM, GRU at 128 units) or the row split ahead
   (SimpleRNN at 256 units: 1.35x vs 1.6x).
-- LSTM and GRU up to GATED_MAX_BATCH rows, whatever R's size. Measured with the packed products (issue 6, stop 11;
-  T=100, 2 threads over one, interleaved in one run): batch 16, column split 1.59-1.95x vs row split 1.42-1.80x
-  (LSTM and GRU, 128-1024 units; the gap widest at 1024 units, 1.86-1.95x vs 1.56-1.79x: with rows, each core
-  streams all of a 12-16 MB R each step); batch 32, 1.79-1.89x vs 1.52-1.92x (rows ahead only at LSTM 512);
-  batch 64, even (1.59-1.90x vs 1.67-1.98x), so rows there. SimpleRNN at batch 16 was even or behind (256-512
-  units: 1.53-1.71x vs 1.55-1.93x) and keeps the limits above.
+- up to HUGE_R_MAX_BATCH rows when R has HUGE_R_BYTES or more (LSTM and GRU at 1024 units: 12-16 MB, which the
+  row split makes each core stream whole every step). Measured with the packed products (issue 6, stop 11; T=100,
+  2 threads, interleaved in one run): alone, batch 16, column split 1.83-1.95x over one thread vs row split
+  1.56-1.79x at 1024 units, and 1.59-1.88x vs 1.42-1.80x at 128-512 units; batch 32 similar, batch 64 even. With
+  onnxruntime's 2-thread session in the same round robin (its pool spins on the other core after each call, as
+  in `fastrnn bench --peers`), the per-step barrier suffers and the row split does not: column / row speed at
+  batch 16 0.79-0.90x at 128-256 units, 0.97-0.99x at 512, 1.07-1.08x at 1024; at batch 8 0.86-0.99x (256-512).
+  So below HUGE_R_BYTES the limits above stand.
 
 A per-step barrier needs every thread on a core of its own: a thread that the OS deschedules stalls all of them
 at the next step. Measured with a busy-looping process on one of the 2 cores: column-split calls took 1.8-3x as
@@ -57,8 +59,9 @@ import numpy as np
 # Policy, measured (see module docstring).
 MAX_BATCH = 4
 LARGE_R_MAX_BATCH = 8
-GATED_MAX_BATCH = 32
 LARGE_R_BYTES = 512 * 1024
+HUGE_R_MAX_BATCH = 32
+HUGE_R_BYTES = 8 * 1024 * 1024
 MIN_STEPS = 20
 MIN_RECURRENT_FLOPS = 8e6
 # Contention backoff (module docstring): a call is contended when a thread waited more than CONTENDED_WAIT of it;
@@ -112,10 +115,9 @@ def worthwhile(p, n_threads):
     if n_threads <= 1 or B < 1 or U < 2 or T < MIN_STEPS:
         return False
     GUU = _GATES[p.cell] * U * U
-    if p.cell != "simple_rnn":
-        max_batch = GATED_MAX_BATCH
-    else:
-        max_batch = LARGE_R_MAX_BATCH if GUU * p.x.dtype.itemsize >= LARGE_R_BYTES else MAX_BATCH
+    r_bytes = GUU * p.x.dtype.itemsize
+    max_batch = HUGE_R_MAX_BATCH if r_bytes >= HUGE_R_BYTES else LARGE_R_MAX_BATCH if r_bytes >= LARGE_R_BYTES \
+        else MAX_BATCH
     if B > max_batch:
         return False
     if 2.0 * B * T * GUU < MIN_RECURRENT_FLOPS:  # too little work even with no padding: no need for the lengths

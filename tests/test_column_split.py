@@ -127,8 +127,8 @@ def test_matches_reference_every_thread_count(cell, options, lengths, reverse, d
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("cell,options", CELL_OPTIONS, ids=CELL_OPTION_IDS)
 def test_larger_batches_match_reference(cell, options, reverse, dtype):
-    """Batches the gated cells take up to GATED_MAX_BATCH: row blocks of 4 with a tail, ragged lengths."""
-    for B in (9, cs.GATED_MAX_BATCH):
+    """Batches up to HUGE_R_MAX_BATCH (taken when R is huge): row blocks of 4 with a tail, ragged lengths."""
+    for B in (9, cs.HUGE_R_MAX_BATCH):
         p = problem(cell, options, B, 11, 6, 67, dtype, seed=B, lengths="mixed", reverse=reverse,
                     scale=1 / np.sqrt(67))
         want_y, want_states = reference(p)
@@ -375,9 +375,10 @@ def test_policy():
     large_r = problem("simple_rnn", {}, cs.LARGE_R_MAX_BATCH, 40, 8, 512, np.float32)   # R: 1 MB
     assert cs.worthwhile(large_r, 2)
     assert not cs.worthwhile(problem("simple_rnn", {}, cs.LARGE_R_MAX_BATCH + 1, 40, 8, 512, np.float32), 2)
-    for cell in ("lstm", "gru"):   # gated cells: up to GATED_MAX_BATCH whatever R's size
-        assert cs.worthwhile(problem(cell, {}, cs.GATED_MAX_BATCH, 40, 8, 64, np.float32), 2)
-        assert not cs.worthwhile(problem(cell, {}, cs.GATED_MAX_BATCH + 1, 40, 8, 64, np.float32), 2)
+    huge_r = problem("lstm", {}, cs.HUGE_R_MAX_BATCH, 40, 8, 1024, np.float32)   # R: 16 MB
+    assert cs.worthwhile(huge_r, 2)
+    assert not cs.worthwhile(problem("lstm", {}, cs.HUGE_R_MAX_BATCH + 1, 40, 8, 1024, np.float32), 2)
+    assert not cs.worthwhile(problem("lstm", {}, cs.LARGE_R_MAX_BATCH + 1, 40, 8, 512, np.float32), 2), "R: 4 MB"
 
 
 def test_contention_backoff_and_concurrent_calls_run_alone(monkeypatch):
