@@ -226,6 +226,67 @@ def peak_fma_gflops(n_threads=1, seconds=0.3):
         return sum(ex.map(lambda _: cpu.fma_gflops(seconds), range(n_threads)))
 
 
+def l2_cache_bytes():
+    """Bytes of one core's L2 cache (Linux sysfs), or None where it cannot be read."""
+    try:
+        with open("/sys/devices/system/cpu/cpu0/cache/index2/size") as f:
+            text = f.read().strip().upper()
+    except OSError:
+        return None
+    scale = {"K": 1024, "M": 1024 ** 2}.get(text[-1:], 1)
+    try:
+        return int(text.rstrip("KM")) * scale
+    except ValueError:
+        return None
+
+
+def stream_rates(n_threads=1, repeats=20):
+    """How fast one core streams a packed matrix through the per-step product at batch 1 (fastrnn's packed GEMV,
+    kernels/packed_gemm.h), with n_threads cores doing it at once: {"l2_bytes", "l2_gbs", "l3_gbs"}, the GB/s per
+    core of a matrix of half the L2 (read from L2) and of four times the L2 (read from L3). None when the L2 size is
+    unknown or the Cython modules are not built. At batch 1 a step must read R whole; this is the floor the bound of
+    each point adds (bound_seconds)."""
+    from concurrent.futures import ThreadPoolExecutor
+    l2 = l2_cache_bytes()
+    try:
+        from .kernels import cython_module
+        ct = cython_module("cython_threaded")
+    except ImportError:
+        return None
+    if not l2:
+        return None
+
+    def rate(nbytes):
+        K = 256
+        N = max(32, int(nbytes) // (K * 4))
+        rng = np.random.default_rng(0)
+        a = rng.standard_normal((1, K)).astype(np.float32)
+        m = rng.standard_normal((K, N)).astype(np.float32)
+        seconds = min(ct._matmul_check(a, m, repeats)[1] for _ in range(3))
+        return K * N * 4 / seconds / 1e9
+
+    with ThreadPoolExecutor(n_threads) as ex:
+        l2_gbs = min(ex.map(lambda _: rate(l2 / 2), range(n_threads)))
+        l3_gbs = min(ex.map(lambda _: rate(4 * l2), range(n_threads)))
+    return dict(l2_bytes=l2, l2_gbs=l2_gbs, l3_gbs=l3_gbs)
+
+
+def bound_seconds(cell, mode, batch, timesteps, units, threads, peak_gflops, stream=None):
+    """The time of a call with every matmul at peak_gflops (all threads together) and free gate math; with `stream`
+    (stream_rates at this thread count) each step also reads R at least once (training: forward R, backward R.T):
+    split over the threads, at the L2 rate where each share fits in 3/4 of an L2, else at the L3 rate. Steps whose
+    matmuls take longer than that read are unchanged; at batch 1 the read is the longer."""
+    seconds = matmul_flops(cell, mode, batch, timesteps, units) / (peak_gflops * 1e9)
+    if stream:
+        G = ops.GATES[cell]
+        share = 4.0 * G * units * units / threads      # float32 R, per thread
+        per_core = stream["l2_gbs"] if share <= 0.75 * stream["l2_bytes"] else stream["l3_gbs"]
+        read = share / (per_core * 1e9)
+        compute = 2.0 * batch * units * G * units / (peak_gflops * 1e9)
+        seconds += (1 if mode == "inference" else 2) * timesteps * max(0.0, read - compute)
+    return seconds
+
+
 def _timed(fn):
     t0 = time.perf_counter()
     fn()
@@ -237,12 +298,12 @@ def _fmt_ms(seconds):
 
 
 def peer_point(cell, mode, units, batch, timesteps, threads, min_rounds=7, budget_s=0.5, with_sgemm=None,
-               peak_gflops=None):
+               peak_gflops=None, stream=None):
     """Verify that fastrnn's backends and the peers agree on one grid point, then time them round robin.
 
     peak_gflops (peak_fma_gflops at this thread count, else peak_sgemm_gflops): adds row["bound"], the ratio
-    fastrnn would reach if all its matmuls ran at that rate and the gate math were free; with the FMA peak, a target
-    below it is out of reach of any implementation that does these matmuls."""
+    fastrnn would reach if all its matmuls ran at that rate and the gate math were free, and (stream: stream_rates)
+    each step read R at the measured cache rate (bound_seconds)."""
     x, weights = peers.make_problem(cell, batch, timesteps, units)
     runners = peers.make_runners(cell, mode, x, weights, threads=threads)
     maxdiff = peers.check_agreement(runners)  # raises peers.Disagreement; also the warm-up call of every runner
@@ -271,7 +332,8 @@ def peer_point(cell, mode, units, batch, timesteps, threads, min_rounds=7, budge
     row["gflops"] = flops / row["fastrnn"] / 1e9
     if peak_gflops and row["ratio"] is not None:
         row["peak_gflops"] = peak_gflops
-        row["bound"] = flops / (peak_gflops * 1e9) / peer_times[row["peer"]]
+        row["bound"] = bound_seconds(cell, mode, batch, timesteps, units, threads, peak_gflops, stream) \
+            / peer_times[row["peer"]]
     if parts is not None:
         row["sgemm_gflops"] = flops / med["sgemm"] / 1e9
         row["sgemm_fraction"] = med["sgemm"] / row["fastrnn"]
@@ -466,7 +528,7 @@ def summarize_targets(result, out=print):
     report(f"{TARGET_THREAD_SCALING:g}x from 1 to 2 threads at batch >= {SCALING_MIN_BATCH}",
            [(r["ok"], f"{r['cell']}/{r['mode'][:3]}/{r['units']}/b{r['batch']}({r['speedup']['fastrnn']:.2f}x)")
             for r in result["scaling"]])
-    out("\ntargets: ('!' after a ratio: the target is below that point's bound, the FMA peak)")
+    out("\ntargets: ('!' after a ratio: the target is below that point's bound: FMA peak, R read at cache speed)")
     for line in lines:
         out(line)
 
@@ -552,19 +614,24 @@ def run_peers(grid, cells=CELLS, modes=peers.MODES, threads=(1,), min_rounds=7, 
             sgemm_peak = peak_sgemm_gflops()
             fma_peak = peak_fma_gflops(n)
             peak = fma_peak or sgemm_peak
+            stream = stream_rates(n)
             result.setdefault("sgemm_gflops", {})[n] = sgemm_peak
             result.setdefault("peak_gflops", {})[n] = peak
+            result.setdefault("stream", {})[n] = stream
             out(f"(sgemm at {n} thread(s): {sgemm_peak:.1f} GFLOP/s, float32 1024^3 NumPy matmul; FMA peak: "
                 + (f"{fma_peak:.1f} GFLOP/s, vector multiply-adds on {n} core(s) at once; bound = the ratio fastrnn "
-                   "would reach with every matmul at the FMA peak and free gate math)" if fma_peak else
+                   "would reach with every matmul at the FMA peak and free gate math" if fma_peak else
                    "- (Cython not built); bound = the ratio fastrnn would reach with every matmul at the sgemm rate "
-                   "and free gate math)"))
+                   "and free gate math")
+                + (f", each step reading R (its share per core) at the rate measured per core: "
+                   f"{stream['l2_gbs']:.0f} GB/s from L2 ({stream['l2_bytes'] // 1024} KB), {stream['l3_gbs']:.0f} "
+                   "GB/s from L3)" if stream else ")"))
             for cell, mode, units, batch in itertools.product(cells, modes, grid["units"], grid["batch"]):
                 T = peer_timesteps(grid, units, batch)
                 if wait_idle_s > 0:
                     waited += wait_for_idle(wait_idle_s)
                 row = peer_point(cell, mode, units, batch, T, n, min_rounds=min_rounds, budget_s=budget_s,
-                                 peak_gflops=peak)
+                                 peak_gflops=peak, stream=stream)
                 section.append(row)
                 out(format_peer_row(row))
             disturbed = [i for i, r in enumerate(section) if (r["other_load"] or 0) >= IDLE_LOAD]
@@ -577,7 +644,7 @@ def run_peers(grid, cells=CELLS, modes=peers.MODES, threads=(1,), min_rounds=7, 
                     r = section[i]
                     waited += wait_for_idle(wait_idle_s)
                     again = peer_point(r["cell"], r["mode"], r["units"], r["batch"], r["timesteps"], n,
-                                       min_rounds=min_rounds, budget_s=budget_s, peak_gflops=peak)
+                                       min_rounds=min_rounds, budget_s=budget_s, peak_gflops=peak, stream=stream)
                     out(format_peer_row(again))
                     if again["other_load"] is not None and again["other_load"] < r["other_load"]:
                         section[i] = again

@@ -140,6 +140,35 @@ def test_cli_bad_arguments(capsys):
     assert cli.main(["bench", "--peers", "--smoke", "--dtype", "float64"]) == 2
 
 
+def test_bound_adds_the_read_of_r_where_it_takes_longer_than_the_step():
+    """bound_seconds: all matmuls at the peak, plus, per step (training: two passes), the time to read R beyond
+    the step's matmul time, R split over the threads, from L2 when a share fits in 3/4 of it, else from L3."""
+    stream = dict(l2_bytes=1 << 20, l2_gbs=100.0, l3_gbs=50.0)
+    flops = benchmark.matmul_flops("lstm", "inference", 1, 10, 512)
+    assert benchmark.bound_seconds("lstm", "inference", 1, 10, 512, 1, 100.0) == pytest.approx(flops / 100e9)
+    r = 4.0 * 4 * 512 * 512                                   # 4 MB: from L3
+    step = 2.0 * 4 * 512 * 512 / 100e9
+    want = flops / 100e9 + 10 * (r / 50e9 - step)
+    assert benchmark.bound_seconds("lstm", "inference", 1, 10, 512, 1, 100.0, stream) == pytest.approx(want)
+    train = benchmark.matmul_flops("lstm", "training", 1, 10, 512) / 100e9 + 2 * 10 * (r / 50e9 - step)
+    assert benchmark.bound_seconds("lstm", "training", 1, 10, 512, 1, 100.0, stream) == pytest.approx(train)
+    # 128 units: R (256 KB) from L2; on 2 threads each reads half, at twice the peak
+    r, step = 4.0 * 4 * 128 * 128, 2.0 * 4 * 128 * 128 / 200e9
+    want = benchmark.matmul_flops("lstm", "inference", 1, 10, 128) / 200e9 + 10 * (r / 2 / 100e9 - step)
+    assert benchmark.bound_seconds("lstm", "inference", 1, 10, 128, 2, 200.0, stream) == pytest.approx(want)
+    # batch 64: the step's matmuls take longer than reading R: the FMA bound alone
+    flops = benchmark.matmul_flops("gru", "inference", 64, 10, 256)
+    assert benchmark.bound_seconds("gru", "inference", 64, 10, 256, 1, 100.0, stream) == pytest.approx(flops / 100e9)
+
+
+def test_stream_rates_are_measured_per_core():
+    rates = benchmark.stream_rates(1, repeats=1)
+    if benchmark.l2_cache_bytes() is None:
+        assert rates is None
+    else:
+        assert rates["l2_bytes"] == benchmark.l2_cache_bytes() and rates["l2_gbs"] > 0 and rates["l3_gbs"] > 0
+
+
 def test_fma_peak_is_measured_per_core():
     """The bound of `fastrnn bench --peers` uses the FMA peak (kernels/cpu.pyx): a positive rate per core, summed
     over the threads (no timing is asserted: the machine is shared)."""
