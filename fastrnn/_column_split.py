@@ -101,10 +101,11 @@ def unavailable_reason():
     return _module_error
 
 
-def recurrent_flops(p):
-    """Matmul flops of the time loop: 2 * B * steps * G * U^2 (steps: the longest row's length)."""
+def recurrent_flops(p, steps=None):
+    """Matmul flops of the time loop: 2 * B * steps * G * U^2 (steps: by default the longest row's length)."""
     B, T, D, U = p.shape
-    steps = int(p.lengths.max()) if B else 0
+    if steps is None:
+        steps = int(p.lengths.max()) if B else 0
     return 2.0 * B * steps * _GATES[p.cell] * U * U
 
 
@@ -114,15 +115,15 @@ def worthwhile(p, n_threads):
     B, T, D, U = p.shape
     if n_threads <= 1 or B < 1 or U < 2 or T < MIN_STEPS:
         return False
-    GUU = _GATES[p.cell] * U * U
-    r_bytes = GUU * p.x.dtype.itemsize
+    r_bytes = _GATES[p.cell] * U * U * p.x.dtype.itemsize
     max_batch = HUGE_R_MAX_BATCH if r_bytes >= HUGE_R_BYTES else LARGE_R_MAX_BATCH if r_bytes >= LARGE_R_BYTES \
         else MAX_BATCH
     if B > max_batch:
         return False
-    if 2.0 * B * T * GUU < MIN_RECURRENT_FLOPS:  # too little work even with no padding: no need for the lengths
+    if recurrent_flops(p, T) < MIN_RECURRENT_FLOPS:  # too little work even with no padding: no need for the lengths
         return False
-    return int(p.lengths.max()) >= MIN_STEPS and recurrent_flops(p) >= MIN_RECURRENT_FLOPS
+    steps = int(p.lengths.max())
+    return steps >= MIN_STEPS and recurrent_flops(p, steps) >= MIN_RECURRENT_FLOPS
 
 
 def maybe_forward(p, n_threads):
