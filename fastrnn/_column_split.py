@@ -1,13 +1,19 @@
-"""Inference at small batch on several cores, each owning a slice of the units (kernels/cython_threaded.pyx).
+"""Small batches on several cores, each owning a slice of the units (kernels/cython_threaded.pyx).
 
 At batch 1-4 a time step is a GEMV-like h @ R plus the gate math: too few rows to split the batch well
 (fastrnn.threads splits rows from batch 4 up), but R's columns split well. With n threads, thread k owns units
 [u0, u1) -- the columns of every gate that belong to them -- packs its part of W and R once per call, and runs the
 whole time loop for its units; the threads meet at a spin barrier once per step (twice for GRU
-reset_after=False), where each has written its part of the new h. See the kernel module's docstring for how.
+reset_after=False), where each has written its part of the new h. Training: the forward also fills the
+workspaces, and the backward runs BPTT the same way (thread k: the gate gradients of its units, then its units'
+dh_{t-1} = dA_t R[u0:u1].T after a barrier), then the threads share dW, dR, dx and db. See the kernel module's
+docstring for how.
 
-    y, finals = forward(problem, n_threads)      # inference only; problem from ops.make_problem
-    out = maybe_forward(problem, n_threads)      # the same, or None where it does not pay (ops calls this)
+    y, finals = forward(problem, n_threads)               # inference; problem from ops.make_problem
+    y, finals, ws = forward_training(problem, n_threads)  # ws: the kernel contract's workspaces
+    dx, d_init, dW, dR, db = backward(problem, ws, dy, d_states, n_threads)
+    out = maybe_forward(problem, n_threads, training)     # the same, or None where it does not pay (ops calls
+    grads = maybe_backward(problem, ws, dy, d_states, n_threads)   # these two)
 
 With n_threads > 1 and a problem that qualifies (worthwhile: its shape, not timing), ops always runs this kernel,
 on one thread when the cores are taken: results never depend on timing or on concurrent calls.
@@ -37,11 +43,17 @@ costs about half (each core streams half of R). So:
   in `fastrnn bench --peers`), the per-step barrier suffers and the row split does not: column / row speed at
   batch 16 0.79-0.90x at 128-256 units, 0.97-0.99x at 512, 1.07-1.08x at 1024; at batch 8 0.86-0.99x (256-512).
   So below HUGE_R_BYTES the limits above stand.
+- training takes the same policy: its backward does the forward's recurrent products once more (with R.T) and its
+  products over all positions split by rows and columns without a barrier. Measured (issue 6, stop 12; T=100,
+  float32, forward + backward, 2 threads, interleaved in one run): batch 1, over one thread, LSTM 1.15x at 128 units,
+  1.7-1.8x at 256-1024; GRU 1.2x, 1.5-2.0x; SimpleRNN 1.3-1.7x at 256-1024 (128: below MIN_RECURRENT_FLOPS).
+  Against the row split: batch 2 (which it does not split) 1.3-1.65x, batch 4 1.1-1.25x, batch 8 0.98-1.09x,
+  batch 16 0.96-1.03x (LSTM, 128-512 units).
 
 A per-step barrier needs every thread on a core of its own: a thread that the OS deschedules stalls all of them
 at the next step. Measured with a busy-looping process on one of the 2 cores: column-split calls took 1.8-3x as
 long as one thread (LSTM, units 128-512, batch 1, T=100). So
-- while another column-split call is running, maybe_forward runs on the calling thread alone (no
+- while another column-split call is running, maybe_forward / maybe_backward run on the calling thread alone (no
   oversubscription by fastrnn itself; same kernel, same results);
 - a call is contended when a thread spent more than CONTENDED_WAIT of it waiting in barriers (a partner was not
   running; on an idle machine the waits are 1-20% of a call). Sporadic ones happen on an idle machine too (here
@@ -126,26 +138,65 @@ def worthwhile(p, n_threads):
     return steps >= MIN_STEPS and recurrent_flops(p, steps) >= MIN_RECURRENT_FLOPS
 
 
-def maybe_forward(p, n_threads):
-    """forward(p, n_threads) where it pays (worthwhile), else None: the caller runs its usual kernel (also when the
-    kernel is not built).
+def maybe_forward(p, n_threads, training=False):
+    """forward(p, n_threads) (training: forward_training) where it pays (worthwhile), else None: the caller runs
+    its usual kernel (also when the kernel is not built).
 
     While another column-split call is running (the cores are taken) or after contention (module docstring), it
     runs on this thread alone: the same kernel, so the same bits -- results never depend on timing."""
-    global _in_flight
     if not worthwhile(p, n_threads) or kernel_module() is None:
         return None
+    return _run_split(lambda n: forward_training(p, n) if training else forward(p, n), n_threads)
+
+
+def maybe_backward(p, ws, dy, d_states, n_threads):
+    """backward(p, ws, dy, d_states, n_threads) where it pays (worthwhile: the backward's steps do the forward's
+    recurrent products with R.T), else None; on one thread while the cores are taken, as maybe_forward."""
+    if not worthwhile(p, n_threads) or kernel_module() is None:
+        return None
+    return _run_split(lambda n: backward(p, ws, dy, d_states, n), n_threads)
+
+
+def _run_split(run, n_threads):
+    """run(n_threads), or run(1) while another column-split call is running or after contention."""
+    global _in_flight
     with _lock:
         alone = _in_flight > 0 or time.monotonic() < _backoff_until
         if not alone:
             _in_flight += 1
     if alone:
-        return forward(p, 1)
+        return run(1)
     try:
-        return forward(p, n_threads)
+        return run(n_threads)
     finally:
         with _lock:
             _in_flight -= 1
+
+
+def _kernel():
+    mod = kernel_module()
+    if mod is None:
+        raise RuntimeError(f"column-split kernel not available: {_module_error}")
+    return mod
+
+
+def _outputs(p):
+    B, T, D, U = p.shape
+    dt = p.x.dtype
+    y = np.empty((B, T, U), dt)
+    finals = tuple(np.empty((B, U), dt) for _ in range(2 if p.cell == "lstm" else 1))
+    return y, finals
+
+
+def _call(run, n, st):
+    """run(n, st) -> threads used; on the calling thread alone if the system refused a thread (nothing usable was
+    written then); notes contention."""
+    t0 = time.perf_counter()
+    used = run(n, st)
+    if used < 0:
+        used = run(1, st)
+    if used > 1:
+        _note_contention(st, time.perf_counter() - t0)
 
 
 def forward(p, n_threads, stats=None):
@@ -154,34 +205,65 @@ def forward(p, n_threads, stats=None):
     y (B, T, U); finals (hT,) or (hT, cT). If a thread cannot be started, runs on the calling thread alone (same
     results). `stats`: None, or a dict that receives the kernel's counters (threads, unit bounds, barrier waits,
     PAUSE rounds, yields, sleeps per thread)."""
-    mod = kernel_module()
-    if mod is None:
-        raise RuntimeError(f"column-split kernel not available: {_module_error}")
-    B, T, D, U = p.shape
-    dt = p.x.dtype
-    y = np.empty((B, T, U), dt)
-    finals = tuple(np.empty((B, U), dt) for _ in range(2 if p.cell == "lstm" else 1))
-    st = {} if stats is None else stats
-    n = max(1, int(n_threads))
-    t0 = time.perf_counter()
-    used = _run(mod, p, y, finals, n, st)
-    if used < 0:      # the system refused a thread: nothing usable was written
-        used = _run(mod, p, y, finals, 1, st)
-    if used > 1:
-        _note_contention(st, time.perf_counter() - t0)
+    mod = _kernel()
+    y, finals = _outputs(p)
+    _call(lambda n, st: _run(mod, p, y, finals, n, st, None), max(1, int(n_threads)), {} if stats is None else stats)
     return y, finals
 
 
-def _run(mod, p, y, finals, n, st):
+def forward_training(p, n_threads, stats=None):
+    """forward, keeping what backward needs: (y, finals, ws), ws the cell's workspaces (ops.training_workspaces,
+    the kernel contract's), which every backward takes (this module's, and the whole-batch kernels')."""
+    from .ops import training_workspaces   # ops imports this module
+    mod = _kernel()
+    y, finals = _outputs(p)
+    B, T, D, U = p.shape
+    ws = training_workspaces(p.cell, B, T, U, p.x.dtype)
+    _call(lambda n, st: _run(mod, p, y, finals, n, st, ws), max(1, int(n_threads)), {} if stats is None else stats)
+    return y, finals, ws
+
+
+def backward(p, ws, dy, d_states, n_threads, stats=None):
+    """Gradients of problem p given the training forward's workspaces ws, dy (B, T, U) and the final states'
+    gradients d_states ((dhT,) or (dhT, dcT)), on min(n_threads, units) threads: (dx, d_initial_states, dW, dR, db)
+    as ops.CompiledKernel.backward (db (2, 3U) for GRU reset_after=True)."""
+    mod = _kernel()
+    B, T, D, U = p.shape
+    dt = p.x.dtype
+    dx = np.empty_like(p.x)
+    d_init = tuple(np.empty((B, U), dt) for _ in d_states)
+    dW, dR = np.empty_like(p.W), np.empty_like(p.R)
+    db = [np.empty(p.R.shape[1], dt) for _ in range(2 if p.cell == "gru" else 1)]
+
+    def run(n, st):
+        if p.cell == "lstm":
+            return mod.lstm_backward(p.x, p.W, p.R, p.lengths, p.reverse, *ws, dy, *d_states, dx, *d_init, dW, dR,
+                                     db[0], n, st)
+        if p.cell == "simple_rnn":
+            return mod.simple_rnn_backward(p.x, p.W, p.R, p.lengths, p.reverse, p.activation == "relu", *ws, dy,
+                                           d_states[0], dx, d_init[0], dW, dR, db[0], n, st)
+        return mod.gru_backward(p.x, p.W, p.R, p.lengths, p.reverse, p.reset_after, *ws, dy, d_states[0], dx,
+                                d_init[0], dW, dR, db[0], db[1], n, st)
+
+    _call(run, max(1, int(n_threads)), {} if stats is None else stats)
+    if p.cell == "gru":
+        db = np.stack(db) if p.reset_after else db[0]
+    else:
+        db = db[0]
+    return dx, d_init, dW, dR, db
+
+
+def _run(mod, p, y, finals, n, st, ws=None):
     h0 = p.initial_states[0]
     if p.cell == "simple_rnn":
         return mod.simple_rnn_forward(p.x, p.W, p.R, p.b, h0, p.lengths, p.reverse, p.activation == "relu",
-                                      y, finals[0], n, st)
+                                      y, finals[0], n, st, ws)
     if p.cell == "lstm":
         return mod.lstm_forward(p.x, p.W, p.R, p.b, h0, p.initial_states[1], p.lengths, p.reverse,
-                                y, finals[0], finals[1], n, st)
+                                y, finals[0], finals[1], n, st, ws)
     b_in, b_rec = (p.b[0], p.b[1]) if p.reset_after else (p.b, p.b)  # b_rec unused without reset_after
-    return mod.gru_forward(p.x, p.W, p.R, b_in, b_rec, h0, p.lengths, p.reverse, p.reset_after, y, finals[0], n, st)
+    return mod.gru_forward(p.x, p.W, p.R, b_in, b_rec, h0, p.lengths, p.reverse, p.reset_after, y, finals[0], n, st,
+                           ws)
 
 
 def _note_contention(st, seconds):

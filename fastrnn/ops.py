@@ -449,12 +449,12 @@ def forward_problem(p, training, kernel, backend="auto"):
     """Run a Problem whose arguments are all checked on `kernel` (select_kernel's choice for `backend`):
     rnn_forward after make_problem, or a layer that checked its own weights once and its call's arguments now
     (fastrnn.layers). `training` must be a bool."""
-    if not training and (kernel.name == "cython" or (backend == "auto" and kernel.name == "numba")):
-        # Small-batch inference on several threads: the column-split kernel (fastrnn._column_split) where it pays
-        # (None elsewhere, or when it is not built). It is built with the Cython backend: RNNOutput.backend says so.
-        out = _column_split.maybe_forward(p, threads.get_num_threads())
+    if kernel.name == "cython" or (backend == "auto" and kernel.name == "numba"):
+        # Small batches on several threads: the column-split kernel (fastrnn._column_split) where it pays (None
+        # elsewhere, or when it is not built). It is built with the Cython backend: RNNOutput.backend says so.
+        out = _column_split.maybe_forward(p, threads.get_num_threads(), training)
         if out is not None:
-            return RNNOutput(out[0], tuple(out[1]), "cython", p, None)
+            return RNNOutput(out[0], tuple(out[1]), "cython", p, out[2] if training else None)
     y, states, tape = kernel.forward(p, training)
     return RNNOutput(y, tuple(states), kernel.name, p, tape if training else None)
 
@@ -494,7 +494,13 @@ def rnn_backward(output, d_outputs=None, d_states=None, check_finite=True):
             _checks.check_shape(f"d_states[{k}]", g, (B, U), f"(batch={B}, units={U})")
             ds.append(g)
 
-    kernel = KERNELS[(p.cell, output.backend, dt)]
-    dx, d_init, dW, dR, db = kernel.backward(p, output.tape, dy, tuple(ds))
+    # A forward on the Cython backend (the column-split kernel's included) may go backward on the column-split
+    # kernel too, where it pays: every backward reads the same workspaces (kernels/README.md).
+    grads = None
+    if output.backend == "cython":
+        grads = _column_split.maybe_backward(p, output.tape, dy, tuple(ds), threads.get_num_threads())
+    if grads is None:
+        grads = KERNELS[(p.cell, output.backend, dt)].backward(p, output.tape, dy, tuple(ds))
+    dx, d_init, dW, dR, db = grads
     d_weights = [dW, dR, db] if p.has_bias else [dW, dR]
     return RNNGradients(dx, tuple(d_init), d_weights)

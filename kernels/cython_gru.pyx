@@ -12,8 +12,9 @@ from cython cimport floating
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy, memset
 
-from fused_blas cimport (active_inputs, active_rows, column_sums, flush_denormals, fr_isa, gru_gates_row, gru_row,
-                         gru_state_row, has_padding, max_length, pack_for, pack_pays, pack_pays_rows,
+from fused_blas cimport (active_inputs, active_rows, column_sums, flush_denormals, fr_isa, gru_backward_row,
+                         gru_gates_row, gru_reset_backward_row1, gru_reset_backward_row2, gru_row, gru_state_row,
+                         has_padding, max_length, pack_for, pack_pays, pack_pays_rows,
                          packed_elements, position, product, restore_fp_mode, weight_grads, weight_grads_work,
                          zero_padding)
 
@@ -251,17 +252,10 @@ cdef void _backward_reset_after(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssi
                                 floating* du, floating* dv, floating* dv_step, floating* dhr,
                                 double* acc, floating* wg) noexcept nogil:
     # The running gradient w.r.t. the state lives in the output dh0 (= dh); inactive rows keep it.
-    cdef floating one = 1, zero = 0, z, r, hh, hp, dht, daz, dar, dah
     cdef Py_ssize_t s, bb, t, j, lo, hi, n_steps, G = 3 * U, BT = B * T, pos
     cdef int isa = fr_isa()
     cdef const floating* RTp
     cdef const floating* WTp
-    cdef const floating* grow
-    cdef const floating* hprow
-    cdef const floating* vhrow
-    cdef const floating* dyrow
-    cdef floating* dhrow
-    cdef floating* durow
     cdef floating* dvrow
 
     memcpy(dh, dhT, B * U * sizeof(floating))
@@ -277,29 +271,9 @@ cdef void _backward_reset_after(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssi
                 continue
             t = position(s, lengths[bb], reverse)
             pos = bb * T + t
-            grow = ws_gates + pos * G
-            hprow = ws_hprev + pos * U
-            vhrow = ws_vh + pos * U
-            dyrow = dy + pos * U
-            dhrow = dh + bb * U
-            durow = du + pos * G
             dvrow = dv_step + bb * G
-            for j in range(U):
-                z = grow[j]
-                r = grow[U + j]
-                hh = grow[2 * U + j]
-                hp = hprow[j]
-                dht = dhrow[j] + dyrow[j]
-                dah = dht * (one - z) * (one - hh * hh)      # w.r.t. hh's pre-activation
-                daz = dht * (hp - hh) * z * (one - z)
-                dar = dah * vhrow[j] * r * (one - r)
-                durow[j] = daz
-                durow[U + j] = dar
-                durow[2 * U + j] = dah
-                dvrow[j] = daz
-                dvrow[U + j] = dar
-                dvrow[2 * U + j] = dah * r
-                dhrow[j] = dht * z                       # the direct path; dv @ R.T is added below
+            gru_backward_row(ws_gates + pos * G, ws_hprev + pos * U, ws_vh + pos * U, dy + pos * U, dh + bb * U,
+                             du + pos * G, dvrow, U, U)
             memcpy(dv + pos * G, dvrow, G * sizeof(floating))
         product(hi - lo, G, dv_step + lo * G, G, R, G, True, RTp, U, dhr + lo * U, U, isa)
         for bb in range(lo, hi):
@@ -328,16 +302,11 @@ cdef void _backward_reset_before(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ss
     # Per step, mirroring the forward: pass 1 (dz, da_h, direct path), matmul d(r*h) = da_h @ R_h.T,
     # pass 2 (da_z, da_r, reset path), matmul da_zr @ R[:, :2U].T, pass 3 (add it to dh).
     # dstep's row holds [dz -> da_z, da_r, da_h]; dhr holds d(r*h), then da_zr @ R[:, :2U].T.
-    cdef floating one = 1, zero = 0, z, r, hh, hp, dht, drh
     cdef Py_ssize_t s, bb, t, j, lo, hi, n_steps, G = 3 * U, BT = B * T, pos
     cdef int isa = fr_isa()
     cdef const floating* RTp
     cdef const floating* RhTp
     cdef const floating* WTp
-    cdef const floating* grow
-    cdef const floating* hprow
-    cdef const floating* dyrow
-    cdef floating* dhrow
     cdef floating* drow
 
     memcpy(dh, dhT, B * U * sizeof(floating))
@@ -353,35 +322,16 @@ cdef void _backward_reset_before(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ss
                 continue
             t = position(s, lengths[bb], reverse)
             pos = bb * T + t
-            grow = ws_gates + pos * G
-            hprow = ws_hprev + pos * U
-            dyrow = dy + pos * U
-            dhrow = dh + bb * U
-            drow = dstep + bb * G
-            for j in range(U):
-                z = grow[j]
-                hh = grow[2 * U + j]
-                dht = dhrow[j] + dyrow[j]
-                drow[j] = dht * (hprow[j] - hh)                    # dz, made da_z in pass 2
-                drow[2 * U + j] = dht * (one - z) * (one - hh * hh)    # da_h
-                dhrow[j] = dht * z
+            gru_reset_backward_row1(ws_gates + pos * G, ws_hprev + pos * U, dy + pos * U, dh + bb * U,
+                                    dstep + bb * G, U, U)
         product(hi - lo, U, dstep + lo * G + 2 * U, G, R + 2 * U, G, True, RhTp, U, dhr + lo * U, U, isa)
         for bb in range(lo, hi):
             if lengths[bb] <= s:
                 continue
             t = position(s, lengths[bb], reverse)
             pos = bb * T + t
-            grow = ws_gates + pos * G
-            hprow = ws_hprev + pos * U
-            dhrow = dh + bb * U
             drow = dstep + bb * G
-            for j in range(U):
-                z = grow[j]
-                r = grow[U + j]
-                drh = dhr[bb * U + j]
-                drow[j] = drow[j] * z * (one - z)
-                drow[U + j] = drh * hprow[j] * r * (one - r)
-                dhrow[j] += drh * r
+            gru_reset_backward_row2(ws_gates + pos * G, ws_hprev + pos * U, dhr + bb * U, dh + bb * U, drow, U, U)
             memcpy(du + pos * G, drow, G * sizeof(floating))
         product(hi - lo, 2 * U, dstep + lo * G, G, R, G, True, RTp, U, dhr + lo * U, U, isa)
         for bb in range(lo, hi):

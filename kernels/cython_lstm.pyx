@@ -10,9 +10,10 @@ from cython cimport floating
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy
 
-from fused_blas cimport (active_inputs, active_rows, column_sums, flush_denormals, fr_isa, has_padding, lstm_row,
-                         max_length, pack_for, pack_pays, pack_pays_rows, packed_elements, position, product,
-                         restore_fp_mode, tanh_, weight_grads, weight_grads_work, zero_padding)
+from fused_blas cimport (active_inputs, active_rows, column_sums, flush_denormals, fr_isa, has_padding,
+                         lstm_backward_row, lstm_row, max_length, pack_for, pack_pays, pack_pays_rows,
+                         packed_elements, position, product, restore_fp_mode, weight_grads, weight_grads_work,
+                         zero_padding)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -161,17 +162,10 @@ cdef void _backward(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
                     floating* dx, floating* dh, floating* dc, floating* dW, floating* dR, floating* db,
                     floating* da, floating* da_step, floating* dhr, double* acc, floating* wg) noexcept nogil:
     # The running gradients w.r.t. the states live in the outputs dh0, dc0 (= dh, dc); inactive rows keep them.
-    cdef floating one = 1, zero = 0, gi, gf, gg, go, tc, dht, dct
-    cdef Py_ssize_t s, bb, t, j, lo, hi, n_steps, G = 4 * U, BT = B * T, pos
+    cdef Py_ssize_t s, bb, t, lo, hi, n_steps, G = 4 * U, BT = B * T, pos
     cdef int isa = fr_isa()
     cdef const floating* RTp
     cdef const floating* WTp
-    cdef const floating* grow
-    cdef const floating* cprow
-    cdef const floating* cnrow
-    cdef const floating* dyrow
-    cdef floating* dhrow
-    cdef floating* dcrow
     cdef floating* darow
 
     memcpy(dh, dhT, B * U * sizeof(floating))
@@ -187,29 +181,9 @@ cdef void _backward(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
                 continue
             t = position(s, lengths[bb], reverse)
             pos = bb * T + t
-            grow = ws_gates + pos * G
-            cprow = ws_cprev + pos * U
-            cnrow = ws_c + pos * U
-            dyrow = dy + pos * U
-            dhrow = dh + bb * U
-            dcrow = dc + bb * U
             darow = da_step + bb * G
-            # tanh(c_t) goes to the o-gate slot first, in a loop of its own that gcc vectorizes
-            for j in range(U):
-                darow[3 * U + j] = tanh_(cnrow[j])
-            for j in range(U):
-                gi = grow[j]
-                gf = grow[U + j]
-                gg = grow[2 * U + j]
-                go = grow[3 * U + j]
-                tc = darow[3 * U + j]
-                dht = dhrow[j] + dyrow[j]
-                dct = dcrow[j] + dht * go * (one - tc * tc)
-                darow[j] = dct * gg * gi * (one - gi)              # input gate
-                darow[U + j] = dct * cprow[j] * gf * (one - gf)    # forget gate
-                darow[2 * U + j] = dct * gi * (one - gg * gg)      # candidate
-                darow[3 * U + j] = dht * tc * go * (one - go)      # output gate
-                dcrow[j] = dct * gf
+            lstm_backward_row(ws_gates + pos * G, ws_cprev + pos * U, ws_c + pos * U, dy + pos * U, dh + bb * U,
+                              dc + bb * U, darow, U, U)
             memcpy(da + pos * G, darow, G * sizeof(floating))
         # dh_prev = da @ R.T for the block of rows, kept for the active rows
         product(hi - lo, G, da_step + lo * G, G, R, G, True, RTp, U, dhr + lo * U, U, isa)

@@ -11,7 +11,8 @@ from libc.string cimport memcpy
 
 from fused_blas cimport (active_inputs, active_rows, column_sums, flush_denormals, fr_isa, has_padding,
                          max_length, pack_for, pack_pays, pack_pays_rows, packed_elements, position, product,
-                         restore_fp_mode, simple_rnn_row, weight_grads, weight_grads_work, zero_padding)
+                         restore_fp_mode, simple_rnn_backward_row, simple_rnn_row, weight_grads, weight_grads_work,
+                         zero_padding)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -142,14 +143,10 @@ cdef void _backward(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
                     floating* dx, floating* dh, floating* dW, floating* dR, floating* db,
                     floating* da, floating* da_step, floating* dhr, double* acc, floating* wg) noexcept nogil:
     # The running gradient w.r.t. the state lives in the output dh0 (= dh); inactive rows keep it.
-    cdef floating one = 1, zero = 0, g, hv
-    cdef Py_ssize_t s, bb, t, j, lo, hi, n_steps, BT = B * T
+    cdef Py_ssize_t s, bb, t, lo, hi, n_steps, BT = B * T
     cdef int isa = fr_isa()
     cdef const floating* RTp
     cdef const floating* WTp
-    cdef const floating* hnew
-    cdef const floating* dyrow
-    cdef floating* dhrow
     cdef floating* darow
 
     memcpy(dh, dhT, B * U * sizeof(floating))
@@ -163,17 +160,8 @@ cdef void _backward(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
             if lengths[bb] <= s:
                 continue
             t = position(s, lengths[bb], reverse)
-            hnew = ws_h + (bb * T + t) * U
-            dyrow = dy + (bb * T + t) * U
-            dhrow = dh + bb * U
             darow = da_step + bb * U
-            for j in range(U):
-                g = dhrow[j] + dyrow[j]
-                hv = hnew[j]
-                if relu:
-                    darow[j] = g * (one if hv > zero else zero)  # g * 0, not 0: a NaN gradient stays NaN
-                else:
-                    darow[j] = g * (one - hv * hv)
+            simple_rnn_backward_row(ws_h + (bb * T + t) * U, dy + (bb * T + t) * U, dh + bb * U, darow, U, relu)
             memcpy(da + (bb * T + t) * U, darow, U * sizeof(floating))
         # dh_prev = da @ R.T for the block of rows, then kept for the active ones only
         product(hi - lo, U, da_step + lo * U, U, R, U, True, RTp, U, dhr + lo * U, U, isa)

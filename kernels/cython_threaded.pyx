@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""Inference at small batch on several cores: each thread owns a slice of the units (gate columns).
+"""Small batches on several cores, inference and training: each thread owns a slice of the units (gate columns).
 
 At batch 1-3 a time step is a GEMV h @ R (R is (U, G*U): 1 MB for an LSTM of 256 float32 units, 4 MB at 512)
 plus the gate math, and one core streams all of R every step. Here n threads share the time loop, split by units:
@@ -39,11 +39,22 @@ two threads doing nothing else, 100-350 ns per step inside the kernel (the barri
 cores; measured at 2-32 units, where a step has almost no work). Each thread sets FTZ/DAZ for itself and
 restores its mode before leaving (fused_blas.pxd, "Denormals").
 
-Entry points mirror the inference half of the kernel contract (kernels/README.md), plus n_threads and stats:
+Training: the forward also writes the workspaces (each thread its units' columns), and the backward runs BPTT
+split by units in the same way, then shares the products over all positions ("Backward" below).
 
-    simple_rnn_forward(x, W, R, b, h0, lengths, reverse, relu, y, hT, n_threads, stats=None)
-    lstm_forward(x, W, R, b, h0, c0, lengths, reverse, y, hT, cT, n_threads, stats=None)
-    gru_forward(x, W, R, b_in, b_rec, h0, lengths, reverse, reset_after, y, hT, n_threads, stats=None)
+Entry points mirror the kernel contract (kernels/README.md), plus n_threads and stats; the forward takes the
+workspaces as a tuple (None: inference), without the `training` flag:
+
+    simple_rnn_forward(x, W, R, b, h0, lengths, reverse, relu, y, hT, n_threads, stats=None, workspaces=None)
+    lstm_forward(x, W, R, b, h0, c0, lengths, reverse, y, hT, cT, n_threads, stats=None, workspaces=None)
+    gru_forward(x, W, R, b_in, b_rec, h0, lengths, reverse, reset_after, y, hT, n_threads, stats=None,
+                workspaces=None)
+    simple_rnn_backward(x, W, R, lengths, reverse, relu, ws_hprev, ws_h, dy, dhT, dx, dh0, dW, dR, db,
+                        n_threads, stats=None)
+    lstm_backward(x, W, R, lengths, reverse, ws_hprev, ws_cprev, ws_gates, ws_c, dy, dhT, dcT,
+                  dx, dh0, dc0, dW, dR, db, n_threads, stats=None)
+    gru_backward(x, W, R, lengths, reverse, reset_after, ws_hprev, ws_gates, ws_vh, dy, dhT,
+                 dx, dh0, dW, dR, db_in, db_rec, n_threads, stats=None)
 
 Each returns the number of threads it ran on (min(n_threads, units)), or -1 if the system refused to start a
 thread: then the outputs are incomplete, and the caller runs it again on 1 thread (which starts none).
@@ -58,9 +69,11 @@ from cython cimport floating
 from libc.stdint cimport int64_t, uintptr_t
 from libc.string cimport memcpy, memset
 
-from fused_blas cimport (active_rows, aligned64, flush_denormals, fr_isa, fr_set_isa_cap, gru_gates_row, gru_row,
-                         gru_state_row, lstm_row, max_length, pack, pack_gate_columns, packed_elements, packed_matmul,
-                         packed_size, position, restore_fp_mode, simple_rnn_row, weight_grads, weight_grads_work)
+from fused_blas cimport (active_inputs, active_rows, aligned64, column_sums, flush_denormals, fr_isa, fr_set_isa_cap,
+                         gru_backward_row, gru_gates_row, gru_reset_backward_row1, gru_reset_backward_row2, gru_row,
+                         gru_state_row, has_padding, lstm_backward_row, lstm_row, max_length, pack,
+                         pack_gate_columns, pack_transposed, packed_elements, packed_matmul, packed_size, position,
+                         restore_fp_mode, simple_rnn_backward_row, simple_rnn_row, weight_grads, weight_grads_work)
 
 
 cdef extern from *:
@@ -351,6 +364,9 @@ cdef struct Shared:
     void* y
     void* hT
     void* cT
+    void* ws[4]            # training: the workspaces (kernels/README.md; LSTM hprev, cprev, gates, c; GRU hprev,
+                           # gates, vh (NULL for reset_after=False); SimpleRNN hprev, h), each thread its units;
+                           # all NULL in inference
     void* hbuf             # (2, B, U): h double buffer
     void* rh               # (B, U): r * h_prev, GRU reset_after=False
     const Py_ssize_t* ubound  # (n + 1,) unit boundaries
@@ -385,6 +401,22 @@ cdef inline Py_ssize_t _scratch_offsets(Shared* S, Py_ssize_t item, Py_ssize_t G
     return off[5] + _round64(GN * item)
 
 
+cdef inline Py_ssize_t _ws_gates(int cell, int w) noexcept nogil:
+    """Width in units of workspace w of a cell (ops.WORKSPACES): the gates' workspace has G, the others 1."""
+    if w == 2 and cell == LSTM:
+        return 4
+    if w == 1 and cell == GRU:
+        return 3
+    return 1
+
+
+cdef inline void _copy_gates(floating* dst, Py_ssize_t U, const floating* a, Py_ssize_t nu, Py_ssize_t G) noexcept nogil:
+    """A thread's gate-major row a (G blocks of nu) into a full row dst (G blocks of U, at the thread's first unit)."""
+    cdef Py_ssize_t g
+    for g in range(G):
+        memcpy(dst + g * U, a + g * nu, nu * sizeof(floating))
+
+
 cdef void _prepare(floating* typed, Shared* S, int k) noexcept nogil:
     """Everything thread k needs before the time loop, for its units: its columns of W and R packed, its biases,
     its input projection (every position, padded ones too: their rows are never read); and its units' outputs
@@ -393,7 +425,8 @@ cdef void _prepare(floating* typed, Shared* S, int k) noexcept nogil:
     ~50-150 us here, which the calling thread spends on this instead of waiting)."""
     cdef Py_ssize_t B = S.B, T = S.T, D = S.D, U = S.U, G = S.G
     cdef Py_ssize_t u0 = S.ubound[k], u1 = S.ubound[k + 1], nu = u1 - u0, GN = G * nu
-    cdef Py_ssize_t bb, t, g, j
+    cdef Py_ssize_t bb, t, g, j, width
+    cdef int w
     cdef Py_ssize_t off[6]
     cdef char* mine = S.scratch + k * S.stride
     _scratch_offsets(S, sizeof(floating), GN, off)
@@ -422,6 +455,13 @@ cdef void _prepare(floating* typed, Shared* S, int k) noexcept nogil:
     for bb in range(B):
         for t in range(lengths[bb], T):
             memset(y + (bb * T + t) * U + u0, 0, nu * sizeof(floating))
+            if S.ws[0] != NULL:  # training: padded positions of the workspaces hold zeros (backward's matmuls)
+                for w in range(4):
+                    if S.ws[w] != NULL:
+                        width = _ws_gates(S.cell, w)
+                        for g in range(width):
+                            memset(<floating*> S.ws[w] + (bb * T + t) * width * U + g * U + u0, 0,
+                                   nu * sizeof(floating))
         if cT != NULL:
             memcpy(cT + bb * U + u0, <const floating*> S.c0 + bb * U + u0, nu * sizeof(floating))
     if max_length(lengths, B) > 0:
@@ -452,6 +492,12 @@ cdef void _thread(floating* typed, Shared* S, int k) noexcept nogil:
     cdef floating* bi = <floating*> (mine + off[4])
     cdef floating* br = <floating*> (mine + off[5])
     cdef floating* Rp_h = Rp + packed_size(U, 2 * nu, sizeof(floating))   # reset_before: the h gate's columns
+    cdef Py_ssize_t GU = G * U
+    cdef bint training = S.ws[0] != NULL
+    cdef floating* ws_hprev = <floating*> S.ws[0]
+    cdef floating* ws1 = <floating*> S.ws[1]
+    cdef floating* ws2 = <floating*> S.ws[2]
+    cdef floating* ws3 = <floating*> S.ws[3]
     cdef floating* a
     cdef floating* hrow
     cdef const floating* hprev
@@ -517,15 +563,27 @@ cdef void _thread(floating* typed, Shared* S, int k) noexcept nogil:
             xrow = xw + pos * GN
             hprev = hcur + bb * U + u0
             hrow = hnext + bb * U + u0
+            if training:  # the workspaces' columns of its units (kernels/README.md), before c and h change
+                memcpy(ws_hprev + pos * U + u0, hprev, nu * sizeof(floating))
+                if cell == LSTM:
+                    memcpy(ws1 + pos * U + u0, cT + bb * U + u0, nu * sizeof(floating))
             if cell == LSTM:
                 lstm_row(a, xrow, bi, nu, cT + bb * U + u0, hrow)
+                if training:
+                    _copy_gates(ws2 + pos * GU + u0, U, a, nu, 4)
+                    memcpy(ws3 + pos * U + u0, cT + bb * U + u0, nu * sizeof(floating))
             elif cell == SIMPLE:
                 simple_rnn_row(a, xrow, bi, nu, relu)
                 memcpy(hrow, a, nu * sizeof(floating))
-            elif reset_before:
-                gru_state_row(a, xrow, bi, nu, hprev, hrow)
+                if training:
+                    memcpy(ws1 + pos * U + u0, hrow, nu * sizeof(floating))
             else:
-                gru_row(a, xrow, bi, br, nu, hprev, hrow, NULL)
+                if reset_before:
+                    gru_state_row(a, xrow, bi, nu, hprev, hrow)
+                else:
+                    gru_row(a, xrow, bi, br, nu, hprev, hrow, ws2 + pos * U + u0 if ws2 != NULL else NULL)
+                if training:
+                    _copy_gates(ws1 + pos * GU + u0, U, a, nu, 3)
             memcpy(y + pos * U + u0, hrow, nu * sizeof(floating))
 
         # Every thread's part of h_t is written before anyone reads h_t (and before the buffer it read is reused)
@@ -552,6 +610,269 @@ cdef void _task_f32(void* ctx, int k) noexcept nogil:
 
 cdef void _task_f64(void* ctx, int k) noexcept nogil:
     _thread(<double*> NULL, <Shared*> ctx, k)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Backward (BPTT), split by units in the same way
+#
+# The gate gradients of a step are element-wise per unit, so thread k computes those of its units, from the
+# workspaces' columns of its units and its part of dh (and dc); dh_{t-1} = dA_t @ R.T then needs every unit's dA_t:
+# a barrier, and thread k computes dh_{t-1} of its units, dA_t @ R[u0:u1, :].T (its rows of R, packed transposed
+# once per call: (G*U, nu), its share of R again). dA_t of a step goes to a (B, G*U) buffer of two, by step parity,
+# so one barrier per step suffices (a thread writes the buffer of step s - 1 only after every thread has passed the
+# barrier of step s, which each reaches after its product of step s + 1, the last read of that buffer). GRU with
+# reset_after=False needs d(r * h_{t-1}) = dA_h @ R_h.T before r's gradient: a second barrier, as in the forward.
+# After the loop (a barrier: every position's gradients written) the threads share the big products: dW = x^T dU
+# and dR = h_prev^T dV by rows (thread k its rows of [dW; dR], the boundaries multiples of 4 rows, the matmul's row
+# block), dx = dU W.T by columns (thread k its columns, W's rows packed transposed), db by the gate columns of its
+# units. Every output element is summed in the same order whichever thread computes it: the same bits for every
+# thread count.
+# ---------------------------------------------------------------------------------------------------------------
+
+cdef struct BackShared:
+    int cell, n, isa
+    bint relu, reverse, reset_after
+    Py_ssize_t B, T, D, U, G
+    const void* x          # (B, T, D), zeros at padded positions (fused_blas.active_inputs)
+    const void* W
+    const void* R
+    const int64_t* lengths
+    const void* ws[4]      # as the forward's (Shared.ws)
+    const void* dy
+    const void* dhT
+    const void* dcT
+    void* dx
+    void* dh               # dh0: the running gradient w.r.t. h (each thread its units); dc0 likewise (LSTM)
+    void* dc
+    void* dW
+    void* dR
+    void* db_in
+    void* db_rec           # GRU reset_after=True, else NULL
+    void* du               # (B*T, G*U): gradients w.r.t. the input projection at every position
+    void* dv               # (B*T, G*U): w.r.t. the recurrent projection (GRU reset_after=True; else = du)
+    void* rh               # (B*T, U): r * h_prev (GRU reset_after=False; else NULL)
+    void* dstep            # (2, B, G*U): one step's gradients that the product with R.T reads, by step parity
+    const Py_ssize_t* ubound  # (n + 1,) unit boundaries
+    const Py_ssize_t* dbound  # (n + 1,) dx's column boundaries
+    const Py_ssize_t* mbound  # (n + 1,) boundaries of the rows of [dW; dR] (D + U rows)
+    char* scratch          # n regions of `stride` bytes, 64-byte aligned
+    Py_ssize_t stride
+    Py_ssize_t n_panel_R, n_panel_W, n_work, nu_max
+    unsigned int* prep     # (n,): thread k's preparation (_prepare_backward): 0 free, 1 claimed, 2 done
+    long long* stats       # as Shared.stats
+    fr_barrier bar
+
+
+cdef inline Py_ssize_t _back_offsets(BackShared* S, Py_ssize_t item, Py_ssize_t off[5]) noexcept nogil:
+    """Byte offsets in a thread's scratch of: R's rows of its units packed transposed, W's rows of its dx columns
+    packed transposed, one step's dh product (B, nu), weight_grads' work, and column sums' accumulator (G * nu)."""
+    off[0] = 0
+    off[1] = off[0] + _round64(S.n_panel_R * item)
+    off[2] = off[1] + _round64(S.n_panel_W * item)
+    off[3] = off[2] + _round64(S.B * S.nu_max * item)
+    off[4] = off[3] + _round64(S.n_work * item)
+    return off[4] + _round64(S.G * S.nu_max * sizeof(double))
+
+
+cdef void _prepare_backward(floating* typed, BackShared* S, int k) noexcept nogil:
+    """Thread k's part before the loop: its rows of R (and W) packed transposed, its units' dh (dc) = dhT (dcT),
+    its columns of du (dv, rh) zero at padded positions. Run by whichever thread claims it first (as _prepare)."""
+    cdef Py_ssize_t B = S.B, T = S.T, U = S.U, G = S.G, GU = S.G * S.U
+    cdef Py_ssize_t u0 = S.ubound[k], nu = S.ubound[k + 1] - u0, d0 = S.dbound[k], nd = S.dbound[k + 1] - d0
+    cdef Py_ssize_t bb, t, g, pos
+    cdef Py_ssize_t off[5]
+    cdef char* mine = S.scratch + k * S.stride
+    _back_offsets(S, sizeof(floating), off)
+    cdef floating* RTp = <floating*> (mine + off[0])
+    cdef floating* WTp = <floating*> (mine + off[1])
+    cdef const floating* R = <const floating*> S.R
+    cdef floating* du = <floating*> S.du
+    cdef floating* dv = <floating*> S.dv
+    cdef floating* rh = <floating*> S.rh
+    if S.cell == GRU and not S.reset_after:   # R[own rows, :2U].T, then R[own rows, 2U:].T
+        pack_transposed(R + u0 * GU, GU, 2 * U, nu, RTp)
+        pack_transposed(R + u0 * GU + 2 * U, GU, U, nu, RTp + packed_size(2 * U, nu, sizeof(floating)))
+    else:
+        pack_transposed(R + u0 * GU, GU, GU, nu, RTp)
+    if nd > 0:
+        pack_transposed(<const floating*> S.W + d0 * GU, GU, GU, nd, WTp)
+    for bb in range(B):
+        memcpy(<floating*> S.dh + bb * U + u0, <const floating*> S.dhT + bb * U + u0, nu * sizeof(floating))
+        if S.dc != NULL:
+            memcpy(<floating*> S.dc + bb * U + u0, <const floating*> S.dcT + bb * U + u0, nu * sizeof(floating))
+        for t in range(S.lengths[bb], T):
+            pos = bb * T + t
+            for g in range(G):
+                memset(du + pos * GU + g * U + u0, 0, nu * sizeof(floating))
+                if dv != du:
+                    memset(dv + pos * GU + g * U + u0, 0, nu * sizeof(floating))
+            if rh != NULL:
+                memset(rh + pos * U + u0, 0, nu * sizeof(floating))
+
+
+cdef void _thread_backward(floating* typed, BackShared* S, int k) noexcept nogil:
+    """Thread k of S.n: prepare, run every step backward for its units, then its share of dW, dR, dx, db."""
+    cdef Py_ssize_t B = S.B, T = S.T, D = S.D, U = S.U, G = S.G, GU = S.G * S.U, BT = S.B * S.T
+    cdef Py_ssize_t u0 = S.ubound[k], nu = S.ubound[k + 1] - u0, d0 = S.dbound[k], nd = S.dbound[k + 1] - d0
+    cdef Py_ssize_t m0 = S.mbound[k], m1 = S.mbound[k + 1]
+    cdef Py_ssize_t w0 = min(m0, D), w1 = min(m1, D), r0 = max(m0, D) - D, r1 = max(m1, D) - D
+    cdef Py_ssize_t s, bb, t, lo, hi, n_steps, pos, g, j
+    cdef Py_ssize_t off[5]
+    cdef int cell = S.cell, isa = S.isa, other
+    cdef bint reset_before = cell == GRU and not S.reset_after, relu = S.relu, reverse = S.reverse
+    cdef const int64_t* lengths = S.lengths
+    cdef char* mine = S.scratch + k * S.stride
+    _back_offsets(S, sizeof(floating), off)
+    cdef const floating* RTp = <const floating*> (mine + off[0])
+    cdef const floating* RhTp = RTp + packed_size(2 * U, nu, sizeof(floating))  # reset_before: R_h's rows
+    cdef const floating* WTp = <const floating*> (mine + off[1])
+    cdef floating* dhr = <floating*> (mine + off[2])
+    cdef floating* wg = <floating*> (mine + off[3])
+    cdef double* acc = <double*> (mine + off[4])
+    cdef const floating* x = <const floating*> S.x
+    cdef const floating* ws_hprev = <const floating*> S.ws[0]
+    cdef const floating* ws1 = <const floating*> S.ws[1]
+    cdef const floating* ws2 = <const floating*> S.ws[2]
+    cdef const floating* ws3 = <const floating*> S.ws[3]
+    cdef const floating* dy = <const floating*> S.dy
+    cdef floating* dh = <floating*> S.dh
+    cdef floating* dc = <floating*> S.dc
+    cdef floating* du = <floating*> S.du
+    cdef floating* dv = <floating*> S.dv
+    cdef floating* rh = <floating*> S.rh
+    cdef floating* dx = <floating*> S.dx
+    cdef floating* dW = <floating*> S.dW
+    cdef floating* dR = <floating*> S.dR
+    cdef floating* buf
+    cdef floating* brow
+    cdef long long st_first[FR_NSTAT]
+    cdef long long st_rest[FR_NSTAT]
+    cdef long long* st = st_first
+    memset(st_first, 0, sizeof(st_first))
+    memset(st_rest, 0, sizeof(st_rest))
+    cdef long long t_loop = 0, prepared = 0
+    cdef unsigned int fp_mode = flush_denormals()
+
+    if fr_claim(&S.prep[k]):
+        _prepare_backward(typed, S, k)
+        fr_release(&S.prep[k])
+        prepared += 1
+    for other in range(S.n):
+        if other != k and fr_claim(&S.prep[other]):
+            _prepare_backward(typed, S, other)
+            fr_release(&S.prep[other])
+            prepared += 1
+    if fr_wait_done(&S.prep[k], &S.bar):
+        restore_fp_mode(fp_mode)
+        return  # aborted
+
+    n_steps = max_length(lengths, B)
+    for s in range(n_steps - 1, -1, -1):
+        buf = <floating*> S.dstep + (s & 1) * B * GU
+        active_rows(lengths, B, s, &lo, &hi)
+        # the gate gradients of its units (fused_blas rows), into the step's buffer and every position's du (dv)
+        for bb in range(lo, hi):
+            if lengths[bb] <= s:
+                continue
+            t = position(s, lengths[bb], reverse)
+            pos = bb * T + t
+            brow = buf + bb * GU + u0
+            if cell == LSTM:
+                lstm_backward_row(ws2 + pos * GU + u0, ws1 + pos * U + u0, ws3 + pos * U + u0, dy + pos * U + u0,
+                                  dh + bb * U + u0, dc + bb * U + u0, brow, nu, U)
+                for g in range(4):
+                    memcpy(du + pos * GU + g * U + u0, brow + g * U, nu * sizeof(floating))
+            elif cell == SIMPLE:
+                simple_rnn_backward_row(ws1 + pos * U + u0, dy + pos * U + u0, dh + bb * U + u0, brow, nu, relu)
+                memcpy(du + pos * GU + u0, brow, nu * sizeof(floating))
+            elif not reset_before:
+                gru_backward_row(ws1 + pos * GU + u0, ws_hprev + pos * U + u0, ws2 + pos * U + u0,
+                                 dy + pos * U + u0, dh + bb * U + u0, du + pos * GU + u0, brow, nu, U)
+                for g in range(3):
+                    memcpy(dv + pos * GU + g * U + u0, brow + g * U, nu * sizeof(floating))
+            else:
+                gru_reset_backward_row1(ws1 + pos * GU + u0, ws_hprev + pos * U + u0, dy + pos * U + u0,
+                                        dh + bb * U + u0, brow, nu, U)
+                for j in range(nu):   # r * h_prev, dR's h block reads it after the loop
+                    rh[pos * U + u0 + j] = ws1[pos * GU + U + u0 + j] * ws_hprev[pos * U + u0 + j]
+        if reset_before:
+            # d(r * h_prev) of its units needs every unit's da_h: a barrier, then da_h @ R_h[own rows].T
+            if fr_barrier_wait(&S.bar, st):
+                break  # aborted
+            if st == st_first:
+                t_loop = fr_now_ns()
+            st = st_rest
+            packed_matmul(hi - lo, U, buf + lo * GU + 2 * U, GU, RhTp, nu, dhr + lo * nu, nu, isa)
+            for bb in range(lo, hi):
+                if lengths[bb] <= s:
+                    continue
+                t = position(s, lengths[bb], reverse)
+                pos = bb * T + t
+                brow = buf + bb * GU + u0
+                gru_reset_backward_row2(ws1 + pos * GU + u0, ws_hprev + pos * U + u0, dhr + bb * nu,
+                                        dh + bb * U + u0, brow, nu, U)
+                for g in range(3):
+                    memcpy(du + pos * GU + g * U + u0, brow + g * U, nu * sizeof(floating))
+        # Every thread's part of the step's gradients is written before anyone reads them
+        if fr_barrier_wait(&S.bar, st):
+            break  # aborted
+        if st == st_first:
+            t_loop = fr_now_ns()
+        st = st_rest
+        # dh_{t-1} of its units = the step's gradients @ R[own rows, :].T (reset_after=False: the z, r columns)
+        packed_matmul(hi - lo, 2 * U if reset_before else GU, buf + lo * GU, GU, RTp, nu, dhr + lo * nu, nu, isa)
+        for bb in range(lo, hi):
+            if lengths[bb] <= s:
+                continue
+            if cell == GRU:   # added to the direct path (and the reset path) the rows left in dh
+                for j in range(nu):
+                    dh[bb * U + u0 + j] += dhr[bb * nu + j]
+            else:
+                memcpy(dh + bb * U + u0, dhr + bb * nu, nu * sizeof(floating))
+
+    # Every position's gradients are written before the products over all positions read them
+    if not fr_barrier_wait(&S.bar, st):
+        if t_loop:
+            st_rest[5] = fr_now_ns() - t_loop
+        # dW = x^T du and dR = h_prev^T dv, its rows of each
+        if cell != GRU:
+            if m1 > m0:
+                weight_grads(BT, GU, du, GU, w1 - w0, x + w0, D, dW + w0 * GU,
+                             r1 - r0, ws_hprev + r0 if r1 > r0 else NULL, U, dR + r0 * GU, GU, wg, isa)
+        else:
+            if w1 > w0:
+                weight_grads(BT, GU, du, GU, w1 - w0, x + w0, D, dW + w0 * GU, 0, NULL, 0, NULL, GU, wg, isa)
+            if r1 > r0 and not reset_before:
+                weight_grads(BT, GU, dv, GU, r1 - r0, ws_hprev + r0, U, dR + r0 * GU, 0, NULL, 0, NULL, GU, wg, isa)
+            elif r1 > r0:   # dR[:, :2U] = h_prev^T du[:, :2U], dR[:, 2U:] = (r * h_prev)^T du[:, 2U:]
+                weight_grads(BT, 2 * U, du, GU, r1 - r0, ws_hprev + r0, U, dR + r0 * GU, 0, NULL, 0, NULL, GU, wg,
+                             isa)
+                weight_grads(BT, U, du + 2 * U, GU, r1 - r0, rh + r0, U, dR + r0 * GU + 2 * U, 0, NULL, 0, NULL,
+                             GU, wg, isa)
+        # dx = du W.T, its columns; zero at padded positions (0 already unless W holds inf / NaN)
+        if nd > 0:
+            packed_matmul(BT, GU, du, GU, WTp, nd, dx + d0, D, isa)
+            for bb in range(B):
+                for t in range(lengths[bb], T):
+                    memset(dx + (bb * T + t) * D + d0, 0, nd * sizeof(floating))
+        # db (and db_rec): the sums of its units' gate columns
+        for g in range(G):
+            column_sums(du + g * U + u0, BT, nu, GU, acc, <floating*> S.db_in + g * U + u0)
+            if S.db_rec != NULL:
+                column_sums(dv + g * U + u0, BT, nu, GU, acc, <floating*> S.db_rec + g * U + u0)
+
+    memcpy(S.stats + 2 * FR_NSTAT * k, st_rest, sizeof(st_rest))
+    memcpy(S.stats + 2 * FR_NSTAT * k + FR_NSTAT, st_first, sizeof(st_first))
+    S.stats[2 * FR_NSTAT * k + FR_NSTAT] = prepared
+    restore_fp_mode(fp_mode)
+
+
+cdef void _task_backward_f32(void* ctx, int k) noexcept nogil:
+    _thread_backward(<float*> NULL, <BackShared*> ctx, k)
+
+
+cdef void _task_backward_f64(void* ctx, int k) noexcept nogil:
+    _thread_backward(<double*> NULL, <BackShared*> ctx, k)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -594,7 +915,7 @@ def set_isa_cap(int level):
 cdef object _run(int cell, const floating[:, :, ::1] x, const floating[:, ::1] W, const floating[:, ::1] R,
                  const floating* b_in, const floating* b_rec, const floating[:, ::1] h0, const floating* c0,
                  const int64_t[::1] lengths, bint reverse, bint relu, bint reset_after,
-                 floating[:, :, ::1] y, floating[:, ::1] hT, floating* cT, int n_threads, stats):
+                 floating[:, :, ::1] y, floating[:, ::1] hT, floating* cT, int n_threads, stats, workspaces):
     cdef Shared S
     cdef Py_ssize_t B = x.shape[0], T = x.shape[1], D = x.shape[2], U = R.shape[0]
     cdef Py_ssize_t G = R.shape[1] // U, k, nu_max = 0, item = sizeof(floating)
@@ -628,6 +949,15 @@ cdef object _run(int cell, const floating[:, :, ::1] x, const floating[:, ::1] W
     S.lengths = &lengths[0]
     S.y, S.hT, S.cT = &y[0, 0, 0], &hT[0, 0], cT
     S.hbuf, S.rh = &hb[0, 0, 0], &rhv[0, 0]
+    cdef floating[:, :, ::1] wv
+    cdef int w
+    for w in range(4):
+        S.ws[w] = NULL
+    if workspaces is not None:  # training (the caller checked their shapes)
+        for w in range(len(workspaces)):
+            if not (reset_before and w == 2):  # GRU reset_after=False does not use ws_vh
+                wv = workspaces[w]
+                S.ws[w] = &wv[0, 0, 0]
     S.ubound = &ub[0]
     S.stats = &stat[0, 0]
     S.prep = &prep[0]
@@ -639,40 +969,171 @@ cdef object _run(int cell, const floating[:, :, ::1] x, const floating[:, ::1] W
         else:
             status = fr_parallel(n, _task_f64, &S, &S.bar)
     if stats is not None:
-        st = np.asarray(stat)
-        # per thread; the first barrier wait (which also waits for the other threads to start) apart
-        F = FR_NSTAT
-        stats.update(threads=n, bounds=bounds, waits=st[:, 0].tolist(), spins=st[:, 1].tolist(),
-                     yields=st[:, 2].tolist(), sleeps=st[:, 3].tolist(), wait_ns=st[:, 4].tolist(),
-                     loop_ns=st[:, 5].tolist(), prepared=st[:, F].tolist(), first_spins=st[:, F + 1].tolist(),
-                     first_yields=st[:, F + 2].tolist(), first_sleeps=st[:, F + 3].tolist(),
-                     first_wait_ns=st[:, F + 4].tolist())
+        _put_stats(stats, np.asarray(stat), n, bounds)
     return -1 if status != 0 else n
+
+
+def _put_stats(stats, st, n, bounds):
+    """The kernel's counters (n, 2 * FR_NSTAT) into the dict `stats`: per thread; the first barrier wait (which
+    also waits for the other threads to start) apart."""
+    F = FR_NSTAT
+    stats.update(threads=n, bounds=bounds, waits=st[:, 0].tolist(), spins=st[:, 1].tolist(),
+                 yields=st[:, 2].tolist(), sleeps=st[:, 3].tolist(), wait_ns=st[:, 4].tolist(),
+                 loop_ns=st[:, 5].tolist(), prepared=st[:, F].tolist(), first_spins=st[:, F + 1].tolist(),
+                 first_yields=st[:, F + 2].tolist(), first_sleeps=st[:, F + 3].tolist(),
+                 first_wait_ns=st[:, F + 4].tolist())
 
 
 def simple_rnn_forward(const floating[:, :, ::1] x, const floating[:, ::1] W, const floating[:, ::1] R,
                        const floating[::1] b, const floating[:, ::1] h0, const int64_t[::1] lengths,
                        bint reverse, bint relu, floating[:, :, ::1] y, floating[:, ::1] hT, int n_threads,
-                       stats=None):
+                       stats=None, workspaces=None):
     return _run(SIMPLE, x, W, R, &b[0], <const floating*> NULL, h0, <const floating*> NULL, lengths, reverse, relu,
-                False, y, hT, <floating*> NULL, n_threads, stats)
+                False, y, hT, <floating*> NULL, n_threads, stats, workspaces)
 
 
 def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] W, const floating[:, ::1] R,
                  const floating[::1] b, const floating[:, ::1] h0, const floating[:, ::1] c0,
                  const int64_t[::1] lengths, bint reverse, floating[:, :, ::1] y, floating[:, ::1] hT,
-                 floating[:, ::1] cT, int n_threads, stats=None):
+                 floating[:, ::1] cT, int n_threads, stats=None, workspaces=None):
     return _run(LSTM, x, W, R, &b[0], <const floating*> NULL, h0, &c0[0, 0], lengths, reverse, False, False,
-                y, hT, &cT[0, 0], n_threads, stats)
+                y, hT, &cT[0, 0], n_threads, stats, workspaces)
 
 
 def gru_forward(const floating[:, :, ::1] x, const floating[:, ::1] W, const floating[:, ::1] R,
                 const floating[::1] b_in, const floating[::1] b_rec, const floating[:, ::1] h0,
                 const int64_t[::1] lengths, bint reverse, bint reset_after, floating[:, :, ::1] y,
-                floating[:, ::1] hT, int n_threads, stats=None):
+                floating[:, ::1] hT, int n_threads, stats=None, workspaces=None):
     return _run(GRU, x, W, R, &b_in[0], &b_rec[0] if reset_after else <const floating*> NULL, h0,
                 <const floating*> NULL, lengths, reverse, False, reset_after, y, hT, <floating*> NULL, n_threads,
-                stats)
+                stats, workspaces)
+
+
+def split_rows(Py_ssize_t D, Py_ssize_t U, int n):
+    """Boundaries [0, m1, ..., D + U] of n threads' rows of the stacked [dW; dR] (D + U rows, each as much work),
+    about equal; inside dW and inside dR every boundary is a multiple of 4 rows from the matrix's first row (the
+    matmul's row block, so that each row's sums run as with one thread)."""
+    cdef Py_ssize_t M = D + U, m, prev = 0
+    bounds = [0]
+    for k in range(1, n):
+        m = int(round(k * M / n))
+        m = min(D, int(round(m / 4)) * 4) if m < D else D + min(U, int(round((m - D) / 4)) * 4)
+        prev = max(m, prev)
+        bounds.append(prev)
+    bounds.append(M)
+    return bounds
+
+
+cdef object _run_backward(int cell, const floating[:, :, ::1] x, const floating[:, ::1] W,
+                          const floating[:, ::1] R, const int64_t[::1] lengths, bint reverse, bint relu,
+                          bint reset_after, tuple workspaces, const floating[:, :, ::1] dy,
+                          const floating[:, ::1] dhT, const floating* dcT, floating[:, :, ::1] dx,
+                          floating[:, ::1] dh0, floating* dc0, floating[:, ::1] dW, floating[:, ::1] dR,
+                          floating[::1] db_in, floating* db_rec, int n_threads, stats):
+    cdef BackShared S
+    cdef Py_ssize_t B = x.shape[0], T = x.shape[1], D = x.shape[2], U = R.shape[0]
+    cdef Py_ssize_t G = R.shape[1] // U, GU = R.shape[1], k, item = sizeof(floating), nd_max = 0, m_max = 0
+    cdef Py_ssize_t off[5]
+    dtype = np.float32 if floating is float else np.float64
+    ubounds = split_units(U, n_threads, item)
+    cdef int n = len(ubounds) - 1
+    dbounds = split_units(D, n, item) if D >= n else list(range(D + 1)) + [D] * (n - D)
+    mbounds = split_rows(D, U, n)
+    cdef Py_ssize_t[::1] ub = np.asarray(ubounds, np.intp)
+    cdef Py_ssize_t[::1] dbv = np.asarray(dbounds, np.intp)
+    cdef Py_ssize_t[::1] mb = np.asarray(mbounds, np.intp)
+    S.nu_max = 0
+    for k in range(n):
+        S.nu_max = max(S.nu_max, ubounds[k + 1] - ubounds[k])
+        nd_max = max(nd_max, dbounds[k + 1] - dbounds[k])
+        m0, m1 = mbounds[k], mbounds[k + 1]
+        m_max = max(m_max, min(m1, D) - min(m0, D), max(m1, D) - max(m0, D))
+    cdef bint reset_before = cell == GRU and not reset_after
+    S.B, S.T, S.D, S.U, S.G = B, T, D, U, G
+    S.n_panel_R = (packed_size(2 * U, S.nu_max, item) + packed_size(U, S.nu_max, item) if reset_before
+                   else packed_size(GU, S.nu_max, item))
+    S.n_panel_W = packed_size(GU, nd_max, item)
+    S.n_work = weight_grads_work(max(m_max, 1), GU, B * T, item)
+    S.stride = _back_offsets(&S, item, off)
+    S.stride = (S.stride + 4095) // 4096 * 4096 + 64 * 3  # regions of different threads share no page
+    cdef unsigned char[::1] scratch = np.empty(n * S.stride + 64, np.uint8)
+    cdef uintptr_t base = <uintptr_t> &scratch[0]
+    cdef long long[:, ::1] stat = np.zeros((n, 2 * FR_NSTAT), np.int64)
+    cdef unsigned int[::1] prep = np.zeros(n, np.uintc)
+    # every position's gradients (dv apart only for GRU reset_after=True), r * h_prev, the step buffers
+    cdef floating[:, ::1] du = np.empty((B * T, GU), dtype)
+    cdef floating[:, ::1] dv = np.empty((B * T if cell == GRU and reset_after else 1, GU), dtype)
+    cdef floating[:, ::1] rh = np.empty((B * T if reset_before else 1, U), dtype)
+    cdef floating[:, :, ::1] dstep = np.zeros((2, B, GU), dtype)
+    # x with zeros at padded positions for dW (fused_blas.active_inputs), only when some row is padded
+    cdef bint padded = has_padding(&lengths[0], B, T)
+    cdef floating[:, :, ::1] x_active = np.empty((B if padded else 1, T if padded else 1, D if padded else 1),
+                                                 dtype)
+    cdef const floating[:, :, ::1] wv
+    cdef int w
+    S.scratch = <char*> ((base + 63) // 64 * 64)
+    S.cell, S.n, S.isa = cell, n, fr_isa()
+    S.relu, S.reverse, S.reset_after = relu, reverse, reset_after
+    S.x = active_inputs(&x[0, 0, 0], &lengths[0], B, T, D, &x_active[0, 0, 0] if padded else NULL)
+    S.W, S.R, S.lengths = &W[0, 0], &R[0, 0], &lengths[0]
+    for w in range(4):
+        S.ws[w] = NULL
+    for w in range(len(workspaces)):
+        if not (reset_before and w == 2):  # GRU reset_after=False does not use ws_vh
+            wv = workspaces[w]
+            S.ws[w] = &wv[0, 0, 0]
+    S.dy, S.dhT, S.dcT = &dy[0, 0, 0], &dhT[0, 0], dcT
+    S.dx, S.dh, S.dc, S.dW, S.dR = &dx[0, 0, 0], &dh0[0, 0], dc0, &dW[0, 0], &dR[0, 0]
+    S.db_in, S.db_rec = &db_in[0], db_rec
+    S.du = &du[0, 0]
+    S.dv = &dv[0, 0] if cell == GRU and reset_after else &du[0, 0]
+    S.rh = &rh[0, 0] if reset_before else NULL
+    S.dstep = &dstep[0, 0, 0]
+    S.ubound, S.dbound, S.mbound = &ub[0], &dbv[0], &mb[0]
+    S.stats = &stat[0, 0]
+    S.prep = &prep[0]
+    fr_barrier_init(&S.bar, n)
+    cdef int status
+    with nogil:
+        if floating is float:
+            status = fr_parallel(n, _task_backward_f32, &S, &S.bar)
+        else:
+            status = fr_parallel(n, _task_backward_f64, &S, &S.bar)
+    if stats is not None:
+        _put_stats(stats, np.asarray(stat), n, ubounds)
+    return -1 if status != 0 else n
+
+
+def simple_rnn_backward(const floating[:, :, ::1] x, const floating[:, ::1] W, const floating[:, ::1] R,
+                        const int64_t[::1] lengths, bint reverse, bint relu, ws_hprev, ws_h,
+                        const floating[:, :, ::1] dy, const floating[:, ::1] dhT, floating[:, :, ::1] dx,
+                        floating[:, ::1] dh0, floating[:, ::1] dW, floating[:, ::1] dR, floating[::1] db,
+                        int n_threads, stats=None):
+    return _run_backward(SIMPLE, x, W, R, lengths, reverse, relu, False, (ws_hprev, ws_h), dy, dhT,
+                         <const floating*> NULL, dx, dh0, <floating*> NULL, dW, dR, db, <floating*> NULL,
+                         n_threads, stats)
+
+
+def lstm_backward(const floating[:, :, ::1] x, const floating[:, ::1] W, const floating[:, ::1] R,
+                  const int64_t[::1] lengths, bint reverse, ws_hprev, ws_cprev, ws_gates, ws_c,
+                  const floating[:, :, ::1] dy, const floating[:, ::1] dhT, const floating[:, ::1] dcT,
+                  floating[:, :, ::1] dx, floating[:, ::1] dh0, floating[:, ::1] dc0, floating[:, ::1] dW,
+                  floating[:, ::1] dR, floating[::1] db, int n_threads, stats=None):
+    return _run_backward(LSTM, x, W, R, lengths, reverse, False, False, (ws_hprev, ws_cprev, ws_gates, ws_c), dy,
+                         dhT, &dcT[0, 0], dx, dh0, &dc0[0, 0], dW, dR, db, <floating*> NULL, n_threads, stats)
+
+
+def gru_backward(const floating[:, :, ::1] x, const floating[:, ::1] W, const floating[:, ::1] R,
+                 const int64_t[::1] lengths, bint reverse, bint reset_after, ws_hprev, ws_gates, ws_vh,
+                 const floating[:, :, ::1] dy, const floating[:, ::1] dhT, floating[:, :, ::1] dx,
+                 floating[:, ::1] dh0, floating[:, ::1] dW, floating[:, ::1] dR, floating[::1] db_in,
+                 floating[::1] db_rec, int n_threads, stats=None):
+    status = _run_backward(GRU, x, W, R, lengths, reverse, False, reset_after, (ws_hprev, ws_gates, ws_vh), dy,
+                           dhT, <const floating*> NULL, dx, dh0, <floating*> NULL, dW, dR, db_in,
+                           &db_rec[0] if reset_after else <floating*> NULL, n_threads, stats)
+    if not reset_after:
+        db_rec[:] = 0
+    return status
 
 
 def _matmul_check(const floating[:, ::1] A, const floating[:, ::1] Bm, int reps=1, int isa_level=-1):

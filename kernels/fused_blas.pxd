@@ -613,6 +613,106 @@ cdef inline void gru_state_row(floating* a, const floating* xrow, const floating
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# The backward gate math of one row over n units, shared in the same way: the whole-batch kernels (n = units =
+# stride) and the column-split kernel (n = a thread's units, pointers at its first unit, stride = units). Gate g
+# of unit j sits at [g * stride + j] in the gate rows (ws_gates and the gradients written); dh, dc and the other
+# per-unit rows are contiguous. dh (the running gradient w.r.t. h) and dc are updated in place.
+# ---------------------------------------------------------------------------------------------------------------
+
+cdef inline void simple_rnn_backward_row(const floating* hnew, const floating* dyrow, const floating* dh,
+                                         floating* da, Py_ssize_t n, bint relu) noexcept nogil:
+    """da = (dh + dy) * act'(h): the gradient w.r.t. the pre-activation (dh itself is replaced by da @ R.T)."""
+    cdef Py_ssize_t j
+    cdef floating one = 1, zero = 0, g, hv
+    for j in range(n):
+        g = dh[j] + dyrow[j]
+        hv = hnew[j]
+        if relu:
+            da[j] = g * (one if hv > zero else zero)  # g * 0, not 0: a NaN gradient stays NaN
+        else:
+            da[j] = g * (one - hv * hv)
+
+
+cdef inline void lstm_backward_row(const floating* gates, const floating* cprev, const floating* cnew,
+                                   const floating* dyrow, const floating* dh, floating* dc, floating* da,
+                                   Py_ssize_t n, Py_ssize_t stride) noexcept nogil:
+    """da (i, f, g, o) = the gradients w.r.t. the gates' pre-activations; dc = dc_t * f, the gradient w.r.t. c_{t-1}
+    (dh itself is replaced by da @ R.T)."""
+    cdef Py_ssize_t j
+    cdef floating one = 1, gi, gf, gg, go, tc, dht, dct
+    # tanh(c_t) goes to the o-gate slot first, in a loop of its own that gcc vectorizes
+    for j in range(n):
+        da[3 * stride + j] = tanh_(cnew[j])
+    for j in range(n):
+        gi = gates[j]
+        gf = gates[stride + j]
+        gg = gates[2 * stride + j]
+        go = gates[3 * stride + j]
+        tc = da[3 * stride + j]
+        dht = dh[j] + dyrow[j]
+        dct = dc[j] + dht * go * (one - tc * tc)
+        da[j] = dct * gg * gi * (one - gi)                   # input gate
+        da[stride + j] = dct * cprev[j] * gf * (one - gf)    # forget gate
+        da[2 * stride + j] = dct * gi * (one - gg * gg)      # candidate
+        da[3 * stride + j] = dht * tc * go * (one - go)      # output gate
+        dc[j] = dct * gf
+
+
+cdef inline void gru_backward_row(const floating* gates, const floating* hprev, const floating* vh,
+                                  const floating* dyrow, floating* dh, floating* du, floating* dv,
+                                  Py_ssize_t n, Py_ssize_t stride) noexcept nogil:
+    """GRU, reset_after=True. du (z, r, h) = the gradients w.r.t. the input projection's gates, dv the same w.r.t.
+    the recurrent projection (its h gate is r * du's); dh = (dh + dy) * z, the direct path (dv @ R.T is added by
+    the caller)."""
+    cdef Py_ssize_t j
+    cdef floating one = 1, z, r, hh, dht, daz, dar, dah
+    for j in range(n):
+        z = gates[j]
+        r = gates[stride + j]
+        hh = gates[2 * stride + j]
+        dht = dh[j] + dyrow[j]
+        dah = dht * (one - z) * (one - hh * hh)      # w.r.t. hh's pre-activation
+        daz = dht * (hprev[j] - hh) * z * (one - z)
+        dar = dah * vh[j] * r * (one - r)
+        du[j] = daz
+        du[stride + j] = dar
+        du[2 * stride + j] = dah
+        dv[j] = daz
+        dv[stride + j] = dar
+        dv[2 * stride + j] = dah * r
+        dh[j] = dht * z
+
+
+cdef inline void gru_reset_backward_row1(const floating* gates, const floating* hprev, const floating* dyrow,
+                                         floating* dh, floating* da, Py_ssize_t n, Py_ssize_t stride) noexcept nogil:
+    """GRU, reset_after=False, before the product d(r * h_prev) = da_h @ R_h.T: da's z slot = dz (made da_z by
+    row2), its h slot = da_h; dh = (dh + dy) * z, the direct path."""
+    cdef Py_ssize_t j
+    cdef floating one = 1, z, hh, dht
+    for j in range(n):
+        z = gates[j]
+        hh = gates[2 * stride + j]
+        dht = dh[j] + dyrow[j]
+        da[j] = dht * (hprev[j] - hh)
+        da[2 * stride + j] = dht * (one - z) * (one - hh * hh)
+        dh[j] = dht * z
+
+
+cdef inline void gru_reset_backward_row2(const floating* gates, const floating* hprev, const floating* drh,
+                                         floating* dh, floating* da, Py_ssize_t n, Py_ssize_t stride) noexcept nogil:
+    """GRU, reset_after=False, after that product (drh = d(r * h_prev)): da's z, r slots = da_z, da_r; dh += the
+    reset path drh * r (da_zr @ R[:, :2U].T is added by the caller)."""
+    cdef Py_ssize_t j
+    cdef floating one = 1, z, r
+    for j in range(n):
+        z = gates[j]
+        r = gates[stride + j]
+        da[j] = da[j] * z * (one - z)
+        da[stride + j] = drh[j] * hprev[j] * r * (one - r)
+        dh[j] += drh[j] * r
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Lengths: which rows run at a processing step, and where their data sits
 # ---------------------------------------------------------------------------------------------------------------
 
