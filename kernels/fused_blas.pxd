@@ -145,6 +145,7 @@ cdef extern from "packed_gemm.h":
 cdef enum:
     PACKED_CHUNK_BYTES = 1 << 20
     PACK_MIN_USES = 4
+    PACK_T_ROWS = 16       # pack_transposed's tile height
 
 
 cdef inline Py_ssize_t panel_width(Py_ssize_t itemsize) noexcept nogil:
@@ -208,21 +209,31 @@ cdef inline void pack(const floating* src, Py_ssize_t ld, Py_ssize_t K, Py_ssize
 
 cdef inline void pack_transposed(const floating* src, Py_ssize_t ld, Py_ssize_t K, Py_ssize_t N,
                                  floating* P) noexcept nogil:
-    """As pack, for the K x N matrix src.T: src is (N, K) with row stride ld (R.T for the backward pass)."""
-    cdef Py_ssize_t nr = panel_width(sizeof(floating)), p, k, j, nc
+    """As pack, for the K x N matrix src.T: src is (N, K) with row stride ld (R.T for the backward pass).
+
+    In tiles of PACK_T_ROWS panel rows: a panel row is 128 bytes, so writing a whole column of a panel (K rows)
+    at once touched a new cache line per element; a tile's 16 rows stay in L1 while its columns are filled.
+    Measured (one core, source from memory): 1.4x as fast at 512 x 2048 (R.T of LSTM 512), 2.7x at 2048 x 512,
+    2.2x at 1024 x 4096; still 5-11 GB/s (scalar stores). An unpacked A @ B.T kernel (dot products of rows) was
+    tried instead and lost as much in the per-step products (63-70 GB/s vs 82) as it saved in packing."""
+    cdef Py_ssize_t nr = panel_width(sizeof(floating)), p, k, k0, k1, j, nc
     cdef floating* dst
     cdef const floating* row
     for p in range((N + nr - 1) // nr):
         nc = min(nr, N - p * nr)
         dst = P + p * K * nr
-        for j in range(nr):
-            if j < nc:
+        k0 = 0
+        while k0 < K:
+            k1 = min(k0 + PACK_T_ROWS, K)
+            for j in range(nc):
                 row = src + (p * nr + j) * ld
-                for k in range(K):
+                for k in range(k0, k1):
                     dst[k * nr + j] = row[k]
-            else:
-                for k in range(K):
-                    dst[k * nr + j] = 0
+            if nc < nr:
+                for k in range(k0, k1):
+                    for j in range(nc, nr):
+                        dst[k * nr + j] = 0
+            k0 = k1
 
 
 cdef inline bint pack_pays(Py_ssize_t uses) noexcept nogil:
