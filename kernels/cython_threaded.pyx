@@ -389,6 +389,40 @@ cdef inline Py_ssize_t _round64(Py_ssize_t nbytes) noexcept nogil:
 # One thread's part of the call
 # ---------------------------------------------------------------------------------------------------------------
 
+ctypedef void (*prepare_fn)(void* ctx, int k) noexcept nogil
+
+
+cdef long long _prepare_all(unsigned int* prep, int n, int k, fr_barrier* bar, prepare_fn fn,
+                            void* ctx) noexcept nogil:
+    """Thread k's preparation fn(ctx, k) first, then any other thread's that nobody has claimed yet (that thread
+    has not started: starting one takes ~50-150 us here, which this thread spends on its work instead of waiting);
+    then wait until its own is done, if another thread took it. Returns how many it ran, or -1 if the call was
+    aborted meanwhile (fr_parallel could not start every thread)."""
+    cdef long long done = 0
+    cdef int other
+    if fr_claim(&prep[k]):
+        fn(ctx, k)
+        fr_release(&prep[k])
+        done += 1
+    for other in range(n):
+        if other != k and fr_claim(&prep[other]):
+            fn(ctx, other)
+            fr_release(&prep[other])
+            done += 1
+    if fr_wait_done(&prep[k], bar):
+        return -1
+    return done
+
+
+cdef inline void _put_thread_stats(long long* stats, int k, const long long* st_rest, const long long* st_first,
+                                   long long prepared) noexcept nogil:
+    """Thread k's barrier counters (after the first wait, and of the first wait) and preparations into the call's
+    (n, 2 * FR_NSTAT) stats."""
+    memcpy(stats + 2 * FR_NSTAT * k, st_rest, FR_NSTAT * sizeof(long long))
+    memcpy(stats + 2 * FR_NSTAT * k + FR_NSTAT, st_first, FR_NSTAT * sizeof(long long))
+    stats[2 * FR_NSTAT * k + FR_NSTAT] = prepared
+
+
 cdef inline Py_ssize_t _scratch_offsets(Shared* S, Py_ssize_t item, Py_ssize_t GN, Py_ssize_t off[6]) noexcept nogil:
     """Byte offsets in a thread's scratch of: packed W, packed R, its input projection (B*T, GN), one step's
     products (B, GN), its input biases (GN) and recurrent biases (GN)."""
@@ -468,6 +502,14 @@ cdef void _prepare(floating* typed, Shared* S, int k) noexcept nogil:
         packed_matmul(<int> (B * T), <int> D, <const floating*> S.x, D, Wp, <int> GN, xw, GN, S.isa)
 
 
+cdef void _prepare_f32(void* ctx, int k) noexcept nogil:
+    _prepare(<float*> NULL, <Shared*> ctx, k)
+
+
+cdef void _prepare_f64(void* ctx, int k) noexcept nogil:
+    _prepare(<double*> NULL, <Shared*> ctx, k)
+
+
 cdef void _thread(floating* typed, Shared* S, int k) noexcept nogil:
     """Thread k of S.n: prepare (its own part, and any other thread's that has not been claimed yet), then run
     every step for its units. `typed` only picks the float or double version (NULL)."""
@@ -502,7 +544,7 @@ cdef void _thread(floating* typed, Shared* S, int k) noexcept nogil:
     cdef floating* hrow
     cdef const floating* hprev
     cdef const floating* xrow
-    cdef int cell = S.cell, isa = S.isa, other
+    cdef int cell = S.cell, isa = S.isa
     cdef bint reverse = S.reverse, relu = S.relu
     # barrier counters (fr_barrier_wait): of the first wait (it also waits for the other threads to start), the rest
     cdef long long st_first[FR_NSTAT]
@@ -513,19 +555,9 @@ cdef void _thread(floating* typed, Shared* S, int k) noexcept nogil:
     cdef long long t_loop = 0
     cdef unsigned int fp_mode = flush_denormals()  # per thread: MXCSR is a thread's own
 
-    # Preparation: its own part first, then any other thread's nobody has claimed yet (that thread has not
-    # started); then wait until its own part is done, if another thread took it.
-    cdef long long prepared = 0
-    if fr_claim(&S.prep[k]):
-        _prepare(typed, S, k)
-        fr_release(&S.prep[k])
-        prepared += 1
-    for other in range(S.n):
-        if other != k and fr_claim(&S.prep[other]):
-            _prepare(typed, S, other)
-            fr_release(&S.prep[other])
-            prepared += 1
-    if fr_wait_done(&S.prep[k], &S.bar):
+    cdef long long prepared = _prepare_all(S.prep, S.n, k, &S.bar,
+                                           _prepare_f32 if floating is float else _prepare_f64, S)
+    if prepared < 0:
         restore_fp_mode(fp_mode)
         return  # aborted
 
@@ -598,9 +630,7 @@ cdef void _thread(floating* typed, Shared* S, int k) noexcept nogil:
         st_rest[5] = fr_now_ns() - t_loop  # the time loop after the first wait
     for bb in range(B):
         memcpy(hT + bb * U + u0, hcur + bb * U + u0, nu * sizeof(floating))
-    memcpy(S.stats + 2 * FR_NSTAT * k, st_rest, sizeof(st_rest))
-    memcpy(S.stats + 2 * FR_NSTAT * k + FR_NSTAT, st_first, sizeof(st_first))
-    S.stats[2 * FR_NSTAT * k + FR_NSTAT] = prepared
+    _put_thread_stats(S.stats, k, st_rest, st_first, prepared)
     restore_fp_mode(fp_mode)
 
 
@@ -710,6 +740,14 @@ cdef void _prepare_backward(floating* typed, BackShared* S, int k) noexcept nogi
                 memset(rh + pos * U + u0, 0, nu * sizeof(floating))
 
 
+cdef void _prepare_backward_f32(void* ctx, int k) noexcept nogil:
+    _prepare_backward(<float*> NULL, <BackShared*> ctx, k)
+
+
+cdef void _prepare_backward_f64(void* ctx, int k) noexcept nogil:
+    _prepare_backward(<double*> NULL, <BackShared*> ctx, k)
+
+
 cdef void _thread_backward(floating* typed, BackShared* S, int k) noexcept nogil:
     """Thread k of S.n: prepare, run every step backward for its units, then its share of dW, dR, dx, db."""
     cdef Py_ssize_t B = S.B, T = S.T, D = S.D, U = S.U, G = S.G, GU = S.G * S.U, BT = S.B * S.T
@@ -718,7 +756,7 @@ cdef void _thread_backward(floating* typed, BackShared* S, int k) noexcept nogil
     cdef Py_ssize_t w0 = min(m0, D), w1 = min(m1, D), r0 = max(m0, D) - D, r1 = max(m1, D) - D
     cdef Py_ssize_t s, bb, t, lo, hi, n_steps, pos, g, j
     cdef Py_ssize_t off[5]
-    cdef int cell = S.cell, isa = S.isa, other
+    cdef int cell = S.cell, isa = S.isa
     cdef bint reset_before = cell == GRU and not S.reset_after, relu = S.relu, reverse = S.reverse
     cdef const int64_t* lengths = S.lengths
     cdef char* mine = S.scratch + k * S.stride
@@ -750,19 +788,11 @@ cdef void _thread_backward(floating* typed, BackShared* S, int k) noexcept nogil
     cdef long long* st = st_first
     memset(st_first, 0, sizeof(st_first))
     memset(st_rest, 0, sizeof(st_rest))
-    cdef long long t_loop = 0, prepared = 0
+    cdef long long t_loop = 0
     cdef unsigned int fp_mode = flush_denormals()
-
-    if fr_claim(&S.prep[k]):
-        _prepare_backward(typed, S, k)
-        fr_release(&S.prep[k])
-        prepared += 1
-    for other in range(S.n):
-        if other != k and fr_claim(&S.prep[other]):
-            _prepare_backward(typed, S, other)
-            fr_release(&S.prep[other])
-            prepared += 1
-    if fr_wait_done(&S.prep[k], &S.bar):
+    cdef long long prepared = _prepare_all(S.prep, S.n, k, &S.bar,
+                                           _prepare_backward_f32 if floating is float else _prepare_backward_f64, S)
+    if prepared < 0:
         restore_fp_mode(fp_mode)
         return  # aborted
 
@@ -861,9 +891,7 @@ cdef void _thread_backward(floating* typed, BackShared* S, int k) noexcept nogil
             if S.db_rec != NULL:
                 column_sums(dv + g * U + u0, BT, nu, GU, acc, <floating*> S.db_rec + g * U + u0)
 
-    memcpy(S.stats + 2 * FR_NSTAT * k, st_rest, sizeof(st_rest))
-    memcpy(S.stats + 2 * FR_NSTAT * k + FR_NSTAT, st_first, sizeof(st_first))
-    S.stats[2 * FR_NSTAT * k + FR_NSTAT] = prepared
+    _put_thread_stats(S.stats, k, st_rest, st_first, prepared)
     restore_fp_mode(fp_mode)
 
 

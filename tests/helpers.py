@@ -1,5 +1,9 @@
-"""Shared test helpers: random problems for every cell and option, and relative-error measures."""
+"""Shared test helpers: random problems for every cell and option, relative-error measures, and the column-split
+tests' fixtures."""
+import faulthandler
+
 import numpy as np
+import pytest
 
 CELLS = ("simple_rnn", "lstm", "gru")
 GATES = {"simple_rnn": 1, "lstm": 4, "gru": 3}
@@ -57,3 +61,24 @@ def rel_err(a, b):
     if a.size == 0:
         return 0.0
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fixtures of the column-split tests (tests/test_column_split*.py import them; autouse there)
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module", autouse=True)
+def watchdog():
+    """A call that never returns (threads stuck in a barrier) fails the run with every thread's traceback."""
+    faulthandler.dump_traceback_later(600, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
+
+
+@pytest.fixture(autouse=True)
+def no_backoff():
+    """Every test starts and ends without the column split's contention backoff."""
+    from fastrnn import _column_split
+    _column_split.reset_backoff()
+    yield
+    _column_split.reset_backoff()

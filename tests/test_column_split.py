@@ -6,7 +6,6 @@ lengths (0 included), reverse, batch 1-4, units that the thread count does not d
 each instruction set of the matmul, subnormal inputs, and the dispatch from ops. No timed assertions; a hang
 (a barrier nobody leaves) fails the module with every thread's traceback.
 """
-import faulthandler
 import threading
 
 import numpy as np
@@ -16,6 +15,7 @@ import fastrnn
 from fastrnn import _column_split as cs
 from fastrnn import ops
 from helpers import CELL_OPTION_IDS, CELL_OPTIONS, random_problem, rel_err
+from helpers import no_backoff, watchdog  # noqa: F401 (autouse fixtures)
 
 ct = cs.kernel_module()
 pytestmark = pytest.mark.skipif(ct is None, reason=f"column-split kernel not built: {cs.unavailable_reason()}")
@@ -23,21 +23,6 @@ pytestmark = pytest.mark.skipif(ct is None, reason=f"column-split kernel not bui
 FLOAT64_TOL = 1e-10   # as tests/test_kernel_conformance.py
 FLOAT32_TOL = 1e-4
 FLOAT32_ATOL = 1e-6
-
-
-@pytest.fixture(scope="module", autouse=True)
-def watchdog():
-    """A call that never returns (threads stuck in a barrier) fails the run with every thread's traceback."""
-    faulthandler.dump_traceback_later(600, exit=True)
-    yield
-    faulthandler.cancel_dump_traceback_later()
-
-
-@pytest.fixture(autouse=True)
-def no_backoff():
-    cs.reset_backoff()
-    yield
-    cs.reset_backoff()
 
 
 def close(got, want, dtype):

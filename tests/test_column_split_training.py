@@ -9,7 +9,6 @@ Cython kernels' backward takes the column split's workspaces and the other way r
 padded inputs and output gradients never reach a result, a thread that cannot be started, every instruction set,
 and the dispatch from ops. No timed assertions.
 """
-import faulthandler
 import importlib
 
 import numpy as np
@@ -19,6 +18,7 @@ import fastrnn
 from fastrnn import _column_split as cs
 from fastrnn import ops
 from helpers import CELL_OPTION_IDS, CELL_OPTIONS, random_problem, rel_err
+from helpers import no_backoff, watchdog  # noqa: F401 (autouse fixtures)
 
 ct = cs.kernel_module()
 pytestmark = pytest.mark.skipif(ct is None, reason=f"column-split kernel not built: {cs.unavailable_reason()}")
@@ -26,21 +26,6 @@ pytestmark = pytest.mark.skipif(ct is None, reason=f"column-split kernel not bui
 FLOAT64_TOL = 1e-10
 FLOAT32_TOL = 2e-4
 FLOAT32_ATOL = 1e-5
-
-
-@pytest.fixture(scope="module", autouse=True)
-def watchdog():
-    """A call that never returns (threads stuck in a barrier) fails the run with every thread's traceback."""
-    faulthandler.dump_traceback_later(600, exit=True)
-    yield
-    faulthandler.cancel_dump_traceback_later()
-
-
-@pytest.fixture(autouse=True)
-def no_backoff():
-    cs.reset_backoff()
-    yield
-    cs.reset_backoff()
 
 
 def close(got, want, dtype):
@@ -75,8 +60,6 @@ def flat_grads(g):
 
 
 def assert_close_grads(got, want, dtype, where=""):
-    for name, a, b in zip(("dx", "d_init", "d_init2", "dW", "dR", "db"), flat_grads(got), flat_grads(want)):
-        pass
     names = ["dx"] + [f"d_init{k}" for k in range(len(got[1]))] + ["dW", "dR", "db"]
     for name, a, b in zip(names, flat_grads(got), flat_grads(want)):
         assert a.shape == b.shape and a.dtype == dtype, (name, a.shape, b.shape, a.dtype)
