@@ -276,11 +276,14 @@ def available_backends():
     return out
 
 
-# "auto" takes the Cython kernels for calls with at least AUTO_CYTHON_MIN_FLOPS of matmul work (2*B*T*(D+U)*G*U),
-# Numba below. Measured here, 1 thread, float32, side by side: Cython (packed products, gate math built for the CPU)
-# 1.05-2.3x as fast from ~10 MFLOP up (LSTM 128/16/100 1.12x, 1024/16 1.9x; batch-1 T=100: 1.05-1.4x); Numba's
-# call costs ~2.5 us less and it does not pack W and R, so small calls are 0.83-0.99x with Cython (T=1 at 32 units:
-# 15.4 vs 17.6 us; LSTM 128/1/30, 7.9 MFLOP: 0.96x; 256/1/5: 0.92x).
+# "auto" takes the Cython kernels for every inference call, and for training calls with at least
+# AUTO_CYTHON_MIN_FLOPS of matmul work (2*B*T*(D+U)*G*U); Numba for smaller training calls. Measured here, 1 thread,
+# float32, side by side, kernel.forward: the Cython forward takes plain ndarrays (kernels/array_args.pxd), its call
+# costs ~0.7 us against Numba's ~2.5 us, and it was 0.52-0.98x Numba's time at 44 of 48 small shapes (T=1 at 32
+# units: 4.0 vs 6.2 us; batch 1, 100 steps, 32-64 units: 0.52-0.72x; slower only at 5 steps of 128 units, where
+# it packs R for 5 uses, 1.14x, and batch 16-64 at T=1, 1.02-1.15x). Training calls also run the backward, whose
+# Cython entry still costs ~4 us more and packs R.T: forward + backward 0.94-1.30x Numba's time below 8 MFLOP,
+# from ~10 MFLOP 1.05-2.3x as fast (LSTM 128/16/100 1.12x, 1024/16 1.9x; batch-1 T=100: 1.05-1.4x).
 AUTO_CYTHON_MIN_FLOPS = 8e6
 
 
@@ -291,14 +294,14 @@ def forward_flops(cell, shape):
     return 2.0 * B * T * (D + U) * GATES[cell] * U
 
 
-def auto_prefers_cython(cell, shape):
-    """Whether "auto" tries Cython before Numba for a call of this (B, T, D, U)."""
-    return forward_flops(cell, shape) >= AUTO_CYTHON_MIN_FLOPS
+def auto_prefers_cython(cell, shape, training=False):
+    """Whether "auto" tries Cython before Numba for a call of this (B, T, D, U) (see AUTO_CYTHON_MIN_FLOPS)."""
+    return not training or forward_flops(cell, shape) >= AUTO_CYTHON_MIN_FLOPS
 
 
-def select_kernel(cell, backend, dtype, shape):
+def select_kernel(cell, backend, dtype, shape, training=False):
     """The kernel that runs `cell` for `backend` ("auto": the compiled backend expected to be faster for this
-    shape, see AUTO_CYTHON_MIN_FLOPS, else the other one if that one does not load)."""
+    shape and mode, see AUTO_CYTHON_MIN_FLOPS, else the other one if that one does not load)."""
     _checks.choice("backend", backend, BACKENDS)
     B, T, D, U = shape
     if B == 0 or T == 0 or D == 0:
@@ -308,7 +311,7 @@ def select_kernel(cell, backend, dtype, shape):
         if not kernel.available():
             raise RuntimeError(f"backend {backend!r} is not available: {kernel.unavailable_reason()}")
         return kernel
-    for name in (("cython", "numba") if auto_prefers_cython(cell, shape) else COMPILED_BACKENDS):
+    for name in (("cython", "numba") if auto_prefers_cython(cell, shape, training) else COMPILED_BACKENDS):
         kernel = KERNELS[(cell, name, dtype)]
         if kernel.available():
             return kernel
@@ -442,7 +445,7 @@ def rnn_forward(cell, x, weights, initial_states=None, lengths=None, *, reverse=
     check_finite = _checks.boolean("check_finite", check_finite)
     p = make_problem(cell, x, weights, initial_states, lengths, reverse, activation, reset_after, dtype,
                      check_finite)
-    return forward_problem(p, training, select_kernel(cell, backend, p.x.dtype, p.shape), backend)
+    return forward_problem(p, training, select_kernel(cell, backend, p.x.dtype, p.shape, training), backend)
 
 
 def forward_problem(p, training, kernel, backend="auto"):

@@ -8,62 +8,113 @@
 """
 import numpy as np
 
+cimport numpy as cnp
 from cython cimport floating
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy, memset
 
+from array_args cimport SMALL_SCRATCH, float_type, need, need_lengths, scratch
 from fused_blas cimport (active_inputs, active_rows, column_sums, flush_denormals, fr_isa, gru_backward_row,
                          gru_gates_row, gru_reset_backward_row1, gru_reset_backward_row2, gru_row, gru_state_row,
                          has_padding, max_length, pack_for, pack_pays, pack_pays_rows,
                          packed_elements, position, product, restore_fp_mode, weight_grads, weight_grads_work,
                          zero_padding)
 
+cnp.import_array()
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # Forward
 # ---------------------------------------------------------------------------------------------------------------
 
-def gru_forward(const floating[:, :, ::1] x, const floating[:, ::1] W, const floating[:, ::1] R,
-                const floating[::1] b_in, const floating[::1] b_rec, const floating[:, ::1] h0,
-                const int64_t[::1] lengths, bint reverse, bint reset_after, bint training,
-                floating[:, :, ::1] y, floating[:, ::1] hT,
-                floating[:, :, ::1] ws_hprev, floating[:, :, ::1] ws_gates, floating[:, :, ::1] ws_vh):
-    cdef Py_ssize_t B = x.shape[0], T = x.shape[1], D = x.shape[2], U = R.shape[0]
-    dtype = np.float32 if floating is float else np.float64
-    # Scratch, once per call: the input projection of every step, one step's recurrent projection, and for
-    # reset_after=False one step's r * h_prev (zeros so that rows never written are still finite numbers).
-    cdef floating[:, ::1] xw = np.empty((B * T, 3 * U), dtype)
-    cdef floating[:, ::1] hr = np.empty((B, 3 * U), dtype)
-    cdef floating[:, ::1] rh = np.zeros((B if not reset_after else 1, U), dtype)
-    # W and R packed for fused_blas.product where that pays (pack_pays; else NULL); reset_after=False: R's [z, r]
-    # columns in Rbuf, its h columns in Rhbuf
-    cdef Py_ssize_t n_steps = max_length(&lengths[0], B), item = sizeof(floating)
-    cdef bint pack_w = pack_pays_rows(B * T), pack_r = pack_pays(n_steps)
-    cdef floating[::1] Wbuf = np.empty(packed_elements(D, 3 * U, item) if pack_w else 1, dtype)
-    cdef floating[::1] Rbuf = np.empty(packed_elements(U, (3 if reset_after else 2) * U, item) if pack_r else 1, dtype)
-    cdef floating[::1] Rhbuf = np.empty(packed_elements(U, U, item) if pack_r and not reset_after else 1, dtype)
-    cdef floating* pW = &Wbuf[0] if pack_w else NULL
-    cdef floating* pR = &Rbuf[0] if pack_r else NULL
-    cdef floating* pRh = &Rhbuf[0] if pack_r and not reset_after else NULL
+def gru_forward(cnp.ndarray x not None, cnp.ndarray W not None, cnp.ndarray R not None,
+                cnp.ndarray b_in not None, cnp.ndarray b_rec not None, cnp.ndarray h0 not None,
+                cnp.ndarray lengths not None, bint reverse, bint reset_after, bint training,
+                cnp.ndarray y not None, cnp.ndarray hT not None, cnp.ndarray ws_hprev not None,
+                cnp.ndarray ws_gates not None, cnp.ndarray ws_vh not None):
+    # ndarray arguments, checked by array_args: a call costs ~0.7 us here (T=1 layer calls are ~5 us in all)
+    cdef int tn = float_type("x", x)
+    need("x", x, tn, False, 3, -1, -1, -1)
+    need("R", R, tn, False, 2, -1, -1, -1)
+    cdef Py_ssize_t B = x.shape[0], T = x.shape[1], D = x.shape[2], U = R.shape[0], G = 3 * U
+    need("W", W, tn, False, 2, D, G, -1)
+    need("R", R, tn, False, 2, U, G, -1)
+    need("b_in", b_in, tn, False, 1, G, -1, -1)
+    need("b_rec", b_rec, tn, False, 1, G, -1, -1)
+    need("h0", h0, tn, False, 2, B, U, -1)
+    need_lengths(lengths, B, T)
+    need("y", y, tn, True, 3, B, T, U)
+    need("hT", hT, tn, True, 2, B, U, -1)
+    # ws_vh: reset_after=False does not use it; left alone (NULL) unless it has its full size, then zeroed
+    cdef bint with_vh = False
+    if training:  # else ignored (the contract: they may have size 0)
+        need("ws_hprev", ws_hprev, tn, True, 3, B, T, U)
+        need("ws_gates", ws_gates, tn, True, 3, B, T, G)
+        with_vh = reset_after or cnp.PyArray_SIZE(ws_vh) == B * T * U
+        if with_vh:
+            need("ws_vh", ws_vh, tn, True, 3, B, T, U)
+    # Scratch, once per call, in one block: the input projection of every step, one step's recurrent projection,
+    # for reset_after=False one step's r * h_prev (zeroed: rows never written stay finite numbers), and W and R
+    # packed for fused_blas.product where that pays (pack_pays; else NULL); reset_after=False: R's [z, r] columns
+    # and its h columns packed apart.
+    cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(x)
+    cdef bint pack_r = pack_pays(max_length(<const int64_t*> cnp.PyArray_DATA(lengths), B))
+    cdef Py_ssize_t sizes[6]
+    sizes[0] = B * T * G
+    sizes[1] = B * G
+    sizes[2] = 0 if reset_after else B * U
+    sizes[3] = packed_elements(D, G, item) if pack_pays_rows(B * T) else 0
+    sizes[4] = packed_elements(U, (3 if reset_after else 2) * U, item) if pack_r else 0
+    sizes[5] = packed_elements(U, U, item) if pack_r and not reset_after else 0
+    cdef double small[SMALL_SCRATCH]
+    cdef void* work
+    held = scratch(small, tn, sizes[0] + sizes[1] + sizes[2] + sizes[3] + sizes[4] + sizes[5], &work)
+    if tn == cnp.NPY_FLOAT32:
+        _forward_arrays(<float*> work, sizes, x, W, R, b_in, b_rec, h0, lengths, reverse, reset_after, training,
+                        y, hT, ws_hprev, ws_gates, ws_vh, with_vh)
+    else:
+        _forward_arrays(<double*> work, sizes, x, W, R, b_in, b_rec, h0, lengths, reverse, reset_after, training,
+                        y, hT, ws_hprev, ws_gates, ws_vh, with_vh)
+
+
+cdef void _forward_arrays(floating* xw, const Py_ssize_t* sizes, cnp.ndarray x, cnp.ndarray W, cnp.ndarray R,
+                          cnp.ndarray b_in, cnp.ndarray b_rec, cnp.ndarray h0, cnp.ndarray lengths, bint reverse,
+                          bint reset_after, bint training, cnp.ndarray y, cnp.ndarray hT, cnp.ndarray ws_hprev,
+                          cnp.ndarray ws_gates, cnp.ndarray ws_vh, bint with_vh):
+    """The forward variant on the checked arrays' data; the scratch block at xw holds xw, hr, rh, W packed,
+    R packed ([z, r] columns for reset_after=False), R's h columns packed (`sizes`)."""
+    cdef floating* hr = xw + sizes[0]
+    cdef floating* rh = hr + sizes[1]
+    cdef floating* pW = rh + sizes[2] if sizes[3] else NULL
+    cdef floating* pR = rh + sizes[2] + sizes[3] if sizes[4] else NULL
+    cdef floating* pRh = rh + sizes[2] + sizes[3] + sizes[4] if sizes[5] else NULL
     cdef floating* ws[3]  # NULL in inference mode, where the workspaces may have size 0
     ws[0] = ws[1] = ws[2] = NULL
     if training:
-        ws[0] = &ws_hprev[0, 0, 0]
-        ws[1] = &ws_gates[0, 0, 0]
-        # reset_after=False does not use ws_vh: left alone (NULL) unless it has its full size, then zeroed
-        if ws_vh.shape[0] * ws_vh.shape[1] * ws_vh.shape[2] == B * T * U:
-            ws[2] = &ws_vh[0, 0, 0]
+        ws[0] = <floating*> cnp.PyArray_DATA(ws_hprev)
+        ws[1] = <floating*> cnp.PyArray_DATA(ws_gates)
+        if with_vh:
+            ws[2] = <floating*> cnp.PyArray_DATA(ws_vh)
+    cdef Py_ssize_t B = x.shape[0], T = x.shape[1], D = x.shape[2], U = R.shape[0]
+    cdef const floating* px = <floating*> cnp.PyArray_DATA(x)
+    cdef const floating* pw = <floating*> cnp.PyArray_DATA(W)
+    cdef const floating* pr = <floating*> cnp.PyArray_DATA(R)
+    cdef const floating* pb_in = <floating*> cnp.PyArray_DATA(b_in)
+    cdef const floating* pb_rec = <floating*> cnp.PyArray_DATA(b_rec)
+    cdef const floating* ph0 = <floating*> cnp.PyArray_DATA(h0)
+    cdef const int64_t* lens = <const int64_t*> cnp.PyArray_DATA(lengths)
+    cdef floating* py = <floating*> cnp.PyArray_DATA(y)
+    cdef floating* phT = <floating*> cnp.PyArray_DATA(hT)
     cdef unsigned int fp_mode
     with nogil:
         fp_mode = flush_denormals()  # fused_blas, "Denormals"
         if reset_after:
-            _forward_reset_after(B, T, D, U, &x[0, 0, 0], &W[0, 0], &R[0, 0], &b_in[0], &b_rec[0], &h0[0, 0],
-                                 &lengths[0], reverse, &y[0, 0, 0], &hT[0, 0], ws[0], ws[1], ws[2],
-                                 &xw[0, 0], &hr[0, 0], pW, pR)
+            _forward_reset_after(B, T, D, U, px, pw, pr, pb_in, pb_rec, ph0, lens, reverse, py, phT,
+                                 ws[0], ws[1], ws[2], xw, hr, pW, pR)
         else:
-            _forward_reset_before(B, T, D, U, &x[0, 0, 0], &W[0, 0], &R[0, 0], &b_in[0], &h0[0, 0],
-                                  &lengths[0], reverse, &y[0, 0, 0], &hT[0, 0], ws[0], ws[1], ws[2],
-                                  &xw[0, 0], &hr[0, 0], &rh[0, 0], pW, pR, pRh)
+            memset(rh, 0, sizes[2] * sizeof(floating))
+            _forward_reset_before(B, T, D, U, px, pw, pr, pb_in, ph0, lens, reverse, py, phT,
+                                  ws[0], ws[1], ws[2], xw, hr, rh, pW, pR, pRh)
         restore_fp_mode(fp_mode)
 
 

@@ -5,46 +5,83 @@
 """
 import numpy as np
 
+cimport numpy as cnp
 from cython cimport floating
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy
 
+from array_args cimport SMALL_SCRATCH, float_type, need, need_lengths, scratch
 from fused_blas cimport (active_inputs, active_rows, column_sums, flush_denormals, fr_isa, has_padding,
                          max_length, pack_for, pack_pays, pack_pays_rows, packed_elements, position, product,
                          restore_fp_mode, simple_rnn_backward_row, simple_rnn_row, weight_grads, weight_grads_work,
                          zero_padding)
+
+cnp.import_array()
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Forward
 # ---------------------------------------------------------------------------------------------------------------
 
-def simple_rnn_forward(const floating[:, :, ::1] x, const floating[:, ::1] W, const floating[:, ::1] R,
-                       const floating[::1] b, const floating[:, ::1] h0, const int64_t[::1] lengths,
-                       bint reverse, bint relu, bint training,
-                       floating[:, :, ::1] y, floating[:, ::1] hT,
-                       floating[:, :, ::1] ws_hprev, floating[:, :, ::1] ws_h):
+def simple_rnn_forward(cnp.ndarray x not None, cnp.ndarray W not None, cnp.ndarray R not None,
+                       cnp.ndarray b not None, cnp.ndarray h0 not None, cnp.ndarray lengths not None,
+                       bint reverse, bint relu, bint training, cnp.ndarray y not None, cnp.ndarray hT not None,
+                       cnp.ndarray ws_hprev not None, cnp.ndarray ws_h not None):
+    # ndarray arguments, checked by array_args: a call costs ~0.6 us here (T=1 layer calls are ~5 us in all)
+    cdef int tn = float_type("x", x)
+    need("x", x, tn, False, 3, -1, -1, -1)
+    need("R", R, tn, False, 2, -1, -1, -1)
     cdef Py_ssize_t B = x.shape[0], T = x.shape[1], D = x.shape[2], U = R.shape[0]
-    dtype = np.float32 if floating is float else np.float64
-    # Scratch, once per call: the input projection of every step, and one step's recurrent projection.
-    cdef floating[:, ::1] xw = np.empty((B * T, U), dtype)
-    cdef floating[:, ::1] hr = np.empty((B, U), dtype)
-    # W and R packed for fused_blas.product where that pays (pack_pays; else NULL: BLAS reads them as they are)
-    cdef Py_ssize_t n_steps = max_length(&lengths[0], B), item = sizeof(floating)
-    cdef bint pack_w = pack_pays_rows(B * T), pack_r = pack_pays(n_steps)
-    cdef floating[::1] Wbuf = np.empty(packed_elements(D, U, item) if pack_w else 1, dtype)
-    cdef floating[::1] Rbuf = np.empty(packed_elements(U, U, item) if pack_r else 1, dtype)
-    cdef floating* p_hprev = NULL
+    need("W", W, tn, False, 2, D, U, -1)
+    need("R", R, tn, False, 2, U, U, -1)
+    need("b", b, tn, False, 1, U, -1, -1)
+    need("h0", h0, tn, False, 2, B, U, -1)
+    need_lengths(lengths, B, T)
+    need("y", y, tn, True, 3, B, T, U)
+    need("hT", hT, tn, True, 2, B, U, -1)
+    if training:  # else ignored (the contract: they may have size 0)
+        need("ws_hprev", ws_hprev, tn, True, 3, B, T, U)
+        need("ws_h", ws_h, tn, True, 3, B, T, U)
+    # Scratch, once per call, in one block: the input projection of every step, one step's recurrent projection,
+    # and W and R packed for fused_blas.product where that pays (pack_pays; else NULL: BLAS reads them as they are)
+    cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(x)
+    cdef Py_ssize_t n_steps = max_length(<const int64_t*> cnp.PyArray_DATA(lengths), B)
+    cdef Py_ssize_t sizes[4]
+    sizes[0] = B * T * U
+    sizes[1] = B * U
+    sizes[2] = packed_elements(D, U, item) if pack_pays_rows(B * T) else 0
+    sizes[3] = packed_elements(U, U, item) if pack_pays(n_steps) else 0
+    cdef double small[SMALL_SCRATCH]
+    cdef void* work
+    held = scratch(small, tn, sizes[0] + sizes[1] + sizes[2] + sizes[3], &work)
+    if tn == cnp.NPY_FLOAT32:
+        _forward_arrays(<float*> work, sizes, x, W, R, b, h0, lengths, reverse, relu, training, y, hT, ws_hprev,
+                        ws_h)
+    else:
+        _forward_arrays(<double*> work, sizes, x, W, R, b, h0, lengths, reverse, relu, training, y, hT, ws_hprev,
+                        ws_h)
+
+
+cdef void _forward_arrays(floating* xw, const Py_ssize_t* sizes, cnp.ndarray x, cnp.ndarray W, cnp.ndarray R,
+                          cnp.ndarray b, cnp.ndarray h0, cnp.ndarray lengths, bint reverse, bint relu,
+                          bint training, cnp.ndarray y, cnp.ndarray hT, cnp.ndarray ws_hprev, cnp.ndarray ws_h):
+    """_forward on the checked arrays' data; the scratch block at xw holds xw, hr, W packed, R packed (`sizes`)."""
+    cdef floating* hr = xw + sizes[0]
+    cdef floating* Wbuf = hr + sizes[1] if sizes[2] else NULL
+    cdef floating* Rbuf = hr + sizes[1] + sizes[2] if sizes[3] else NULL
+    cdef floating* p_hprev = NULL  # NULL in inference mode, where the workspaces may have size 0
     cdef floating* p_h = NULL
     if training:
-        p_hprev = &ws_hprev[0, 0, 0]
-        p_h = &ws_h[0, 0, 0]
+        p_hprev = <floating*> cnp.PyArray_DATA(ws_hprev)
+        p_h = <floating*> cnp.PyArray_DATA(ws_h)
     cdef unsigned int fp_mode
     with nogil:
         fp_mode = flush_denormals()  # fused_blas, "Denormals"
-        _forward(B, T, D, U, &x[0, 0, 0], &W[0, 0], &R[0, 0], &b[0], &h0[0, 0], &lengths[0],
-                 reverse, relu, &y[0, 0, 0], &hT[0, 0], p_hprev, p_h, &xw[0, 0], &hr[0, 0],
-                 &Wbuf[0] if pack_w else NULL, &Rbuf[0] if pack_r else NULL)
+        _forward(x.shape[0], x.shape[1], x.shape[2], R.shape[0], <floating*> cnp.PyArray_DATA(x),
+                 <floating*> cnp.PyArray_DATA(W), <floating*> cnp.PyArray_DATA(R), <floating*> cnp.PyArray_DATA(b),
+                 <floating*> cnp.PyArray_DATA(h0), <const int64_t*> cnp.PyArray_DATA(lengths), reverse, relu,
+                 <floating*> cnp.PyArray_DATA(y), <floating*> cnp.PyArray_DATA(hT), p_hprev, p_h, xw, hr, Wbuf,
+                 Rbuf)
         restore_fp_mode(fp_mode)
 
 

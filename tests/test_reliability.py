@@ -664,10 +664,11 @@ def test_concurrent_calls_through_the_torch_adapter(mode):
         mismatches = []
 
         def worker(k):
-            for i in range(calls):
-                j = (k + i) % len(inputs)
-                if not all(torch.equal(a, b) for a, b in zip(flat_torch(module(inputs[j])), serial[j])):
-                    mismatches.append(j)
+            with torch.no_grad():  # grad mode is per thread: without this the workers would train (autograd path)
+                for i in range(calls):
+                    j = (k + i) % len(inputs)
+                    if not all(torch.equal(a, b) for a, b in zip(flat_torch(module(inputs[j])), serial[j])):
+                        mismatches.append(j)
 
         elapsed = run_threads(8, worker, timeout=600)
     assert not mismatches

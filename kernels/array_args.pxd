@@ -1,0 +1,72 @@
+# cython: language_level=3
+"""Array arguments of the Cython forward entries, taken as plain ndarrays.
+
+Typed memoryviews of a fused type cost ~5 us per forward call here (16 buffer acquisitions plus the fused
+dispatch): half of a whole T=1 layer call. An ndarray argument costs a type check; these helpers then check what
+a memoryview would have (dtype, C order, alignment, writability) and the shapes the kernel contract fixes (which
+a memoryview did not), with errors that name the argument. Each module that cimports this calls
+cnp.import_array() once.
+"""
+cimport numpy as cnp
+from libc.stdint cimport int64_t
+
+
+cdef inline int float_type(str name, cnp.ndarray a) except -1:
+    """The numpy type number of a float32 or float64 array (every float array of a call has it)."""
+    cdef int tn = cnp.PyArray_TYPE(a)
+    if tn != cnp.NPY_FLOAT32 and tn != cnp.NPY_FLOAT64:
+        raise TypeError(f"{name} must be a float32 or float64 array; got dtype {(<object> a).dtype}")
+    return tn
+
+
+cdef inline int need(str name, cnp.ndarray a, int tn, bint out, int ndim, Py_ssize_t d0, Py_ssize_t d1,
+                     Py_ssize_t d2) except -1:
+    """a has type number tn, ndim dimensions of sizes d0, d1, d2 (as many as ndim; -1: any size), is C-contiguous
+    and aligned, and writable when it is an output (`out`)."""
+    cdef bint ok = (cnp.PyArray_TYPE(a) == tn and cnp.PyArray_NDIM(a) == ndim
+                    and (cnp.PyArray_ISCARRAY(a) if out else cnp.PyArray_ISCARRAY_RO(a)))
+    cdef Py_ssize_t k, want
+    if ok:
+        for k in range(ndim):
+            want = d0 if k == 0 else d1 if k == 1 else d2
+            if want >= 0 and cnp.PyArray_DIM(a, k) != want:
+                ok = False
+    if not ok:
+        parts = []
+        for k in range(ndim):  # (a generator here would not compile: Cython, inline function of a .pxd)
+            want = d0 if k == 0 else d1 if k == 1 else d2
+            parts.append("*" if want < 0 else str(want))
+        shape = "(" + ", ".join(parts) + ("," if ndim == 1 else "") + ")"
+        kind = "writable C-contiguous" if out else "C-contiguous"
+        dtype = str(cnp.PyArray_DescrFromType(tn)) + (" (x's dtype)" if tn != cnp.NPY_INT64 and name != "x" else "")
+        raise ValueError(f"{name} must be a {kind} {dtype} array of shape {shape}; got "
+                         f"{(<object> a).dtype} of shape {(<object> a).shape} (C-contiguous: {bool(cnp.PyArray_IS_C_CONTIGUOUS(a))}"
+                         f", writable: {bool(cnp.PyArray_ISWRITEABLE(a))})")
+    return 0
+
+
+cdef inline int need_lengths(cnp.ndarray lengths, Py_ssize_t B, Py_ssize_t T) except -1:
+    """lengths is (B,) int64 with every entry in [0, T]: the kernels index by them."""
+    need("lengths", lengths, cnp.NPY_INT64, False, 1, B, -1, -1)
+    cdef const int64_t* v = <const int64_t*> cnp.PyArray_DATA(lengths)
+    cdef Py_ssize_t k
+    for k in range(B):
+        if v[k] < 0 or v[k] > T:
+            raise ValueError(f"lengths must lie in [0, timesteps={T}]; got {v[k]} at row {k}")
+    return 0
+
+
+cdef enum:
+    SMALL_SCRATCH = 512  # doubles: a 4 KB buffer on the caller's stack
+
+
+cdef inline object scratch(double* small, int tn, Py_ssize_t n, void** data):
+    """Room for n elements of type tn at data[0]: `small` (SMALL_SCRATCH doubles on the caller's stack) when they
+    fit, else a new array (numpy's allocator: huge pages for large blocks), returned for the caller to hold."""
+    if n * (4 if tn == cnp.NPY_FLOAT32 else 8) <= <Py_ssize_t> (SMALL_SCRATCH * sizeof(double)):
+        data[0] = small
+        return None
+    cdef cnp.npy_intp size = n
+    arr = cnp.PyArray_EMPTY(1, &size, tn, 0)
+    data[0] = cnp.PyArray_DATA(arr)
+    return arr
