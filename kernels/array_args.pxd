@@ -56,6 +56,24 @@ cdef inline int need_lengths(cnp.ndarray lengths, Py_ssize_t B, Py_ssize_t T) ex
     return 0
 
 
+cdef inline int need_forward(cnp.ndarray x, cnp.ndarray W, cnp.ndarray R, Py_ssize_t gates, cnp.ndarray h0,
+                             cnp.ndarray lengths, cnp.ndarray y, cnp.ndarray hT, Py_ssize_t* dims) except -1:
+    """The arguments every forward entry takes, checked (x, W (D, gates*U), R (U, gates*U), h0, lengths, y, hT);
+    dims receives (B, T, D, U). Returns the type number of the float arrays."""
+    cdef int tn = float_type("x", x)
+    need("x", x, tn, False, 3, -1, -1, -1)
+    need("R", R, tn, False, 2, -1, -1, -1)
+    cdef Py_ssize_t B = x.shape[0], T = x.shape[1], D = x.shape[2], U = R.shape[0]
+    need("W", W, tn, False, 2, D, gates * U, -1)
+    need("R", R, tn, False, 2, U, gates * U, -1)
+    need("h0", h0, tn, False, 2, B, U, -1)
+    need_lengths(lengths, B, T)
+    need("y", y, tn, True, 3, B, T, U)
+    need("hT", hT, tn, True, 2, B, U, -1)
+    dims[0], dims[1], dims[2], dims[3] = B, T, D, U
+    return tn
+
+
 cdef enum:
     SMALL_SCRATCH = 512  # doubles: a 4 KB buffer on the caller's stack
 

@@ -10,7 +10,7 @@ from cython cimport floating
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy
 
-from array_args cimport SMALL_SCRATCH, float_type, need, need_lengths, scratch
+from array_args cimport SMALL_SCRATCH, need, need_forward, scratch
 from fused_blas cimport (active_inputs, active_rows, column_sums, flush_denormals, fr_isa, has_padding,
                          max_length, pack_for, pack_pays, pack_pays_rows, packed_elements, position, product,
                          restore_fp_mode, simple_rnn_backward_row, simple_rnn_row, weight_grads, weight_grads_work,
@@ -27,18 +27,11 @@ def simple_rnn_forward(cnp.ndarray x not None, cnp.ndarray W not None, cnp.ndarr
                        cnp.ndarray b not None, cnp.ndarray h0 not None, cnp.ndarray lengths not None,
                        bint reverse, bint relu, bint training, cnp.ndarray y not None, cnp.ndarray hT not None,
                        cnp.ndarray ws_hprev not None, cnp.ndarray ws_h not None):
-    # ndarray arguments, checked by array_args: a call costs ~0.6 us here (T=1 layer calls are ~5 us in all)
-    cdef int tn = float_type("x", x)
-    need("x", x, tn, False, 3, -1, -1, -1)
-    need("R", R, tn, False, 2, -1, -1, -1)
-    cdef Py_ssize_t B = x.shape[0], T = x.shape[1], D = x.shape[2], U = R.shape[0]
-    need("W", W, tn, False, 2, D, U, -1)
-    need("R", R, tn, False, 2, U, U, -1)
+    # ndarray arguments, checked by array_args: a call costs ~0.7 us here (T=1 layer calls are ~6 us in all)
+    cdef Py_ssize_t dims[4]
+    cdef int tn = need_forward(x, W, R, 1, h0, lengths, y, hT, dims)
+    cdef Py_ssize_t B = dims[0], T = dims[1], D = dims[2], U = dims[3]
     need("b", b, tn, False, 1, U, -1, -1)
-    need("h0", h0, tn, False, 2, B, U, -1)
-    need_lengths(lengths, B, T)
-    need("y", y, tn, True, 3, B, T, U)
-    need("hT", hT, tn, True, 2, B, U, -1)
     if training:  # else ignored (the contract: they may have size 0)
         need("ws_hprev", ws_hprev, tn, True, 3, B, T, U)
         need("ws_h", ws_h, tn, True, 3, B, T, U)
