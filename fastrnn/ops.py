@@ -276,15 +276,13 @@ def available_backends():
     return out
 
 
-# "auto" takes the Cython kernels for every inference call, and for training calls with at least
-# AUTO_CYTHON_MIN_FLOPS of matmul work (2*B*T*(D+U)*G*U); Numba for smaller training calls. Measured here, 1 thread,
-# float32, side by side, kernel.forward: the Cython forward takes plain ndarrays (kernels/array_args.pxd), its call
-# costs ~0.7 us against Numba's ~2.5 us, and it was 0.52-0.98x Numba's time at 44 of 48 small shapes (T=1 at 32
-# units: 4.0 vs 6.2 us; batch 1, 100 steps, 32-64 units: 0.52-0.72x; slower only at 5 steps of 128 units, where
-# it packs R for 5 uses, 1.14x, and batch 16-64 at T=1, 1.02-1.15x). Training calls also run the backward, whose
-# Cython entry still costs ~4 us more and packs R.T: forward + backward 0.94-1.30x Numba's time below 8 MFLOP,
-# from ~10 MFLOP 1.05-2.3x as fast (LSTM 128/16/100 1.12x, 1024/16 1.9x; batch-1 T=100: 1.05-1.4x).
-AUTO_CYTHON_MIN_FLOPS = 8e6
+# "auto" takes the Cython kernels, Numba's where they are not built. Measured here, 1 thread, float32, side by side:
+# from ~10 MFLOP of matmuls per call Cython (packed products, gate math built for the CPU) is 1.05-2.3x as fast
+# (LSTM 128/16/100 1.12x, 1024/16 1.9x; batch-1 T=100: 1.05-1.4x). Below, since its entries take plain ndarrays
+# (kernels/array_args.pxd, ~0.7 us a call against Numba's ~2.3 us dispatch), it was faster at 77 of 90 small
+# shapes (T = 1-100, units 32-128, batch 1-16): inference 0.52-0.98x Numba's time, forward + backward 0.60-0.97x.
+# Slower: 5 steps of 128 units, where it packs R for 5 uses (1.14-1.20x), and batch 16-64 at T=1 (1.02-1.15x).
+COMPILED_PREFERENCE = ("cython", "numba")
 
 
 def forward_flops(cell, shape):
@@ -294,14 +292,9 @@ def forward_flops(cell, shape):
     return 2.0 * B * T * (D + U) * GATES[cell] * U
 
 
-def auto_prefers_cython(cell, shape, training=False):
-    """Whether "auto" tries Cython before Numba for a call of this (B, T, D, U) (see AUTO_CYTHON_MIN_FLOPS)."""
-    return not training or forward_flops(cell, shape) >= AUTO_CYTHON_MIN_FLOPS
-
-
-def select_kernel(cell, backend, dtype, shape, training=False):
-    """The kernel that runs `cell` for `backend` ("auto": the compiled backend expected to be faster for this
-    shape and mode, see AUTO_CYTHON_MIN_FLOPS, else the other one if that one does not load)."""
+def select_kernel(cell, backend, dtype, shape):
+    """The kernel that runs `cell` for `backend` ("auto": the first of COMPILED_PREFERENCE that loads) on calls of
+    this (B, T, D, U)."""
     _checks.choice("backend", backend, BACKENDS)
     B, T, D, U = shape
     if B == 0 or T == 0 or D == 0:
@@ -311,7 +304,7 @@ def select_kernel(cell, backend, dtype, shape, training=False):
         if not kernel.available():
             raise RuntimeError(f"backend {backend!r} is not available: {kernel.unavailable_reason()}")
         return kernel
-    for name in (("cython", "numba") if auto_prefers_cython(cell, shape, training) else COMPILED_BACKENDS):
+    for name in COMPILED_PREFERENCE:
         kernel = KERNELS[(cell, name, dtype)]
         if kernel.available():
             return kernel
@@ -445,7 +438,7 @@ def rnn_forward(cell, x, weights, initial_states=None, lengths=None, *, reverse=
     check_finite = _checks.boolean("check_finite", check_finite)
     p = make_problem(cell, x, weights, initial_states, lengths, reverse, activation, reset_after, dtype,
                      check_finite)
-    return forward_problem(p, training, select_kernel(cell, backend, p.x.dtype, p.shape, training), backend)
+    return forward_problem(p, training, select_kernel(cell, backend, p.x.dtype, p.shape), backend)
 
 
 def forward_problem(p, training, kernel, backend="auto"):

@@ -74,6 +74,28 @@ cdef inline int need_forward(cnp.ndarray x, cnp.ndarray W, cnp.ndarray R, Py_ssi
     return tn
 
 
+cdef inline int need_backward(cnp.ndarray x, cnp.ndarray W, cnp.ndarray R, Py_ssize_t gates,
+                              cnp.ndarray lengths, cnp.ndarray dy, cnp.ndarray dhT, cnp.ndarray dx,
+                              cnp.ndarray dh0, cnp.ndarray dW, cnp.ndarray dR, Py_ssize_t* dims) except -1:
+    """The arguments every backward entry takes, checked (the forward's x, W, R, lengths; dy, dhT; the outputs dx,
+    dh0, dW, dR); dims receives (B, T, D, U). Returns the type number of the float arrays."""
+    cdef int tn = float_type("x", x)
+    need("x", x, tn, False, 3, -1, -1, -1)
+    need("R", R, tn, False, 2, -1, -1, -1)
+    cdef Py_ssize_t B = x.shape[0], T = x.shape[1], D = x.shape[2], U = R.shape[0]
+    need("W", W, tn, False, 2, D, gates * U, -1)
+    need("R", R, tn, False, 2, U, gates * U, -1)
+    need_lengths(lengths, B, T)
+    need("dy", dy, tn, False, 3, B, T, U)
+    need("dhT", dhT, tn, False, 2, B, U, -1)
+    need("dx", dx, tn, True, 3, B, T, D)
+    need("dh0", dh0, tn, True, 2, B, U, -1)
+    need("dW", dW, tn, True, 2, D, gates * U, -1)
+    need("dR", dR, tn, True, 2, U, gates * U, -1)
+    dims[0], dims[1], dims[2], dims[3] = B, T, D, U
+    return tn
+
+
 cdef enum:
     SMALL_SCRATCH = 512  # doubles: a 4 KB buffer on the caller's stack
 

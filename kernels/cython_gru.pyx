@@ -6,14 +6,12 @@
     reset_after=False: one bias b_in;  z, r as above with v = h_{t-1} R[:, :2U],  hh = tanh(u_h + (r * h_{t-1}) R_h)
     h_t = z * h_{t-1} + (1 - z) * hh
 """
-import numpy as np
-
 cimport numpy as cnp
 from cython cimport floating
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy, memset
 
-from array_args cimport SMALL_SCRATCH, need, need_forward, scratch
+from array_args cimport SMALL_SCRATCH, need, need_backward, need_forward, scratch
 from fused_blas cimport (active_inputs, active_rows, column_sums, flush_denormals, fr_isa, gru_backward_row,
                          gru_gates_row, gru_reset_backward_row1, gru_reset_backward_row2, gru_row, gru_state_row,
                          has_padding, max_length, pack_for, pack_pays, pack_pays_rows,
@@ -231,59 +229,103 @@ cdef void _forward_reset_before(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssi
 # Backward
 # ---------------------------------------------------------------------------------------------------------------
 
-def gru_backward(const floating[:, :, ::1] x, const floating[:, ::1] W, const floating[:, ::1] R,
-                 const int64_t[::1] lengths, bint reverse, bint reset_after,
-                 const floating[:, :, ::1] ws_hprev, const floating[:, :, ::1] ws_gates,
-                 const floating[:, :, ::1] ws_vh, const floating[:, :, ::1] dy, const floating[:, ::1] dhT,
-                 floating[:, :, ::1] dx, floating[:, ::1] dh0, floating[:, ::1] dW, floating[:, ::1] dR,
-                 floating[::1] db_in, floating[::1] db_rec):
+def gru_backward(cnp.ndarray x not None, cnp.ndarray W not None, cnp.ndarray R not None,
+                 cnp.ndarray lengths not None, bint reverse, bint reset_after, cnp.ndarray ws_hprev not None,
+                 cnp.ndarray ws_gates not None, cnp.ndarray ws_vh not None, cnp.ndarray dy not None,
+                 cnp.ndarray dhT not None, cnp.ndarray dx not None, cnp.ndarray dh0 not None,
+                 cnp.ndarray dW not None, cnp.ndarray dR not None, cnp.ndarray db_in not None,
+                 cnp.ndarray db_rec not None):
+    # ndarray arguments, checked by array_args (as the forward's)
+    cdef Py_ssize_t dims[4]
+    cdef int tn = need_backward(x, W, R, 3, lengths, dy, dhT, dx, dh0, dW, dR, dims)
+    cdef Py_ssize_t B = dims[0], T = dims[1], D = dims[2], U = dims[3], G = 3 * U
+    need("ws_hprev", ws_hprev, tn, False, 3, B, T, U)
+    need("ws_gates", ws_gates, tn, False, 3, B, T, G)
+    if reset_after:  # reset_after=False does not read it (it may have size 0)
+        need("ws_vh", ws_vh, tn, False, 3, B, T, U)
+    need("db_in", db_in, tn, True, 1, G, -1, -1)
+    need("db_rec", db_rec, tn, True, 1, G, -1, -1)
+    # Scratch, once per call, in one block: du, the gradient w.r.t. the input projection x W + b_in, every position
+    # (read by the matmuls after the loop); `extra`: reset_after: dv, the same w.r.t. h_prev R + b_rec (differs
+    # from du in the h gate only), reset_after=False: r * h_prev of every position, for dR's h block; one step's
+    # gradient (dstep) and one step's product with R.T (dhr); W.T (dx) and R.T (every step; reset_after=False:
+    # R[:, :2U].T, then R[:, 2U:].T) packed for fused_blas.product where that pays; the work of
+    # fused_blas.weight_grads; x with zeros at padded positions for dW (fused_blas.active_inputs), only when some
+    # row is padded. And a double accumulator per gate column (fused_blas.column_sums).
+    cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(x)
+    cdef const int64_t* lens = <const int64_t*> cnp.PyArray_DATA(lengths)
+    cdef bint pack_r = pack_pays(max_length(lens, B))
+    cdef Py_ssize_t sizes[9]
+    sizes[0] = B * T * G
+    sizes[1] = B * T * (G if reset_after else U)
+    sizes[2] = B * G
+    sizes[3] = B * U
+    sizes[4] = packed_elements(G, D, item) if pack_pays_rows(B * T) else 0
+    sizes[5] = packed_elements((3 if reset_after else 2) * U, U, item) if pack_r else 0
+    sizes[6] = packed_elements(U, U, item) if pack_r and not reset_after else 0
+    sizes[7] = weight_grads_work(max(D, U), G, B * T, item)
+    sizes[8] = B * T * D if has_padding(lens, B, T) else 0
+    cdef Py_ssize_t total = 0, k
+    for k in range(9):
+        total += sizes[k]
+    cdef double small[SMALL_SCRATCH]
+    cdef double small_acc[SMALL_SCRATCH]
+    cdef void* work
+    cdef void* acc
+    held = scratch(small, tn, total, &work)
+    held_acc = scratch(small_acc, cnp.NPY_FLOAT64, G, &acc)
+    if tn == cnp.NPY_FLOAT32:
+        _backward_arrays(<float*> work, sizes, <double*> acc, x, W, R, lengths, reverse, reset_after, ws_hprev,
+                         ws_gates, ws_vh, dy, dhT, dx, dh0, dW, dR, db_in, db_rec)
+    else:
+        _backward_arrays(<double*> work, sizes, <double*> acc, x, W, R, lengths, reverse, reset_after, ws_hprev,
+                         ws_gates, ws_vh, dy, dhT, dx, dh0, dW, dR, db_in, db_rec)
+
+
+cdef void _backward_arrays(floating* du, const Py_ssize_t* sizes, double* acc, cnp.ndarray x, cnp.ndarray W,
+                           cnp.ndarray R, cnp.ndarray lengths, bint reverse, bint reset_after,
+                           cnp.ndarray ws_hprev, cnp.ndarray ws_gates, cnp.ndarray ws_vh, cnp.ndarray dy,
+                           cnp.ndarray dhT, cnp.ndarray dx, cnp.ndarray dh0, cnp.ndarray dW, cnp.ndarray dR,
+                           cnp.ndarray db_in, cnp.ndarray db_rec):
+    """The backward variant on the checked arrays' data; the scratch block at du holds du, extra, dstep, dhr,
+    W.T packed, R.T packed, R[:, 2U:].T packed, weight_grads' work, x_active (`sizes`)."""
+    cdef floating* extra = du + sizes[0]
+    cdef floating* dstep = extra + sizes[1]
+    cdef floating* dhr = dstep + sizes[2]
+    cdef floating* pWT = dhr + sizes[3] if sizes[4] else NULL
+    cdef floating* pRT = dhr + sizes[3] + sizes[4] if sizes[5] else NULL
+    cdef floating* pRhT = dhr + sizes[3] + sizes[4] + sizes[5] if sizes[6] else NULL
+    cdef floating* wg = dhr + sizes[3] + sizes[4] + sizes[5] + sizes[6]
+    cdef floating* x_active = wg + sizes[7] if sizes[8] else NULL
     cdef Py_ssize_t B = x.shape[0], T = x.shape[1], D = x.shape[2], U = R.shape[0]
-    dtype = np.float32 if floating is float else np.float64
-    # du: gradient w.r.t. the input projection x W + b_in, every position (read by the matmuls after the
-    # loop). reset_after: dv, the same w.r.t. h_prev R + b_rec (differs from du in the h gate only);
-    # reset_after=False: r * h_prev of every position, for dR's h block. One step's gradient (dstep) and
-    # one step's product with R.T (dhr).
-    cdef floating[:, ::1] du = np.empty((B * T, 3 * U), dtype)
-    cdef floating[:, ::1] extra = np.empty((B * T, 3 * U if reset_after else U), dtype)
-    cdef floating[:, ::1] dstep = np.empty((B, 3 * U), dtype)
-    cdef floating[:, ::1] dhr = np.empty((B, U), dtype)
-    cdef double[::1] acc = np.empty(3 * U, np.float64)
-    cdef floating[::1] wg = np.empty(weight_grads_work(max(D, U), 3 * U, B * T, sizeof(floating)), dtype)
-    # Packed for fused_blas.product where that pays: W.T (dx), and R.T (every step; reset_after=False: R[:, :2U].T
-    # in RTbuf, R[:, 2U:].T in RhTbuf)
-    cdef Py_ssize_t n_steps = max_length(&lengths[0], B), item = sizeof(floating)
-    cdef bint pack_w = pack_pays_rows(B * T), pack_r = pack_pays(n_steps)
-    cdef floating[::1] WTbuf = np.empty(packed_elements(3 * U, D, item) if pack_w else 1, dtype)
-    cdef floating[::1] RTbuf = np.empty(packed_elements((3 if reset_after else 2) * U, U, item) if pack_r else 1,
-                                        dtype)
-    cdef floating[::1] RhTbuf = np.empty(packed_elements(U, U, item) if pack_r and not reset_after else 1, dtype)
-    cdef floating* pWT = &WTbuf[0] if pack_w else NULL
-    cdef floating* pRT = &RTbuf[0] if pack_r else NULL
-    cdef floating* pRhT = &RhTbuf[0] if pack_r and not reset_after else NULL
-    # x with zeros at padded positions for dW (fused_blas.active_inputs), only when some row is padded
-    cdef bint padded = has_padding(&lengths[0], B, T)
-    cdef floating[:, :, ::1] x_active = np.empty((B if padded else 1, T if padded else 1, D if padded else 1),
-                                                 dtype)
+    cdef const int64_t* lens = <const int64_t*> cnp.PyArray_DATA(lengths)
+    cdef const floating* px = <floating*> cnp.PyArray_DATA(x)
+    cdef const floating* pw = <floating*> cnp.PyArray_DATA(W)
+    cdef const floating* pr = <floating*> cnp.PyArray_DATA(R)
+    cdef const floating* phprev = <floating*> cnp.PyArray_DATA(ws_hprev)
+    cdef const floating* pgates = <floating*> cnp.PyArray_DATA(ws_gates)
+    cdef const floating* pvh = <floating*> cnp.PyArray_DATA(ws_vh)
+    cdef const floating* pdy = <floating*> cnp.PyArray_DATA(dy)
+    cdef const floating* pdhT = <floating*> cnp.PyArray_DATA(dhT)
+    cdef floating* pdx = <floating*> cnp.PyArray_DATA(dx)
+    cdef floating* pdh0 = <floating*> cnp.PyArray_DATA(dh0)
+    cdef floating* pdW = <floating*> cnp.PyArray_DATA(dW)
+    cdef floating* pdR = <floating*> cnp.PyArray_DATA(dR)
+    cdef floating* pdb_in = <floating*> cnp.PyArray_DATA(db_in)
+    cdef floating* pdb_rec = <floating*> cnp.PyArray_DATA(db_rec)
     cdef const floating* xa
     cdef unsigned int fp_mode
     with nogil:
         fp_mode = flush_denormals()
-        xa = active_inputs(&x[0, 0, 0], &lengths[0], B, T, D, &x_active[0, 0, 0] if padded else NULL)
+        xa = active_inputs(px, lens, B, T, D, x_active)
         if reset_after:
-            _backward_reset_after(B, T, D, U, xa, &W[0, 0], &R[0, 0], pWT, pRT, &lengths[0], reverse,
-                                  &ws_hprev[0, 0, 0], &ws_gates[0, 0, 0], &ws_vh[0, 0, 0], &dy[0, 0, 0],
-                                  &dhT[0, 0], &dx[0, 0, 0], &dh0[0, 0], &dW[0, 0], &dR[0, 0], &db_in[0],
-                                  &db_rec[0], &du[0, 0], &extra[0, 0], &dstep[0, 0], &dhr[0, 0], &acc[0],
-                                  &wg[0])
+            _backward_reset_after(B, T, D, U, xa, pw, pr, pWT, pRT, lens, reverse, phprev, pgates, pvh, pdy, pdhT,
+                                  pdx, pdh0, pdW, pdR, pdb_in, pdb_rec, du, extra, dstep, dhr, acc, wg)
         else:
-            _backward_reset_before(B, T, D, U, xa, &W[0, 0], &R[0, 0], pWT, pRT, pRhT,
-                                   &lengths[0], reverse,
-                                   &ws_hprev[0, 0, 0], &ws_gates[0, 0, 0], &dy[0, 0, 0],
-                                   &dhT[0, 0], &dx[0, 0, 0], &dh0[0, 0], &dW[0, 0], &dR[0, 0], &db_in[0],
-                                   &du[0, 0], &extra[0, 0], &dstep[0, 0], &dhr[0, 0], &acc[0], &wg[0])
+            _backward_reset_before(B, T, D, U, xa, pw, pr, pWT, pRT, pRhT, lens, reverse, phprev, pgates, pdy,
+                                   pdhT, pdx, pdh0, pdW, pdR, pdb_in, du, extra, dstep, dhr, acc, wg)
+            memset(pdb_rec, 0, 3 * U * sizeof(floating))  # one bias: its gradient is all in db_in
         restore_fp_mode(fp_mode)
-    if not reset_after:
-        db_rec[:] = 0
 
 
 cdef void _backward_reset_after(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,

@@ -3,14 +3,12 @@
 
     h_t = act(x_t W + h_{t-1} R + b),  act = tanh or relu
 """
-import numpy as np
-
 cimport numpy as cnp
 from cython cimport floating
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy
 
-from array_args cimport SMALL_SCRATCH, need, need_forward, scratch
+from array_args cimport SMALL_SCRATCH, need, need_backward, need_forward, scratch
 from fused_blas cimport (active_inputs, active_rows, column_sums, flush_denormals, fr_isa, has_padding,
                          max_length, pack_for, pack_pays, pack_pays_rows, packed_elements, position, product,
                          restore_fp_mode, simple_rnn_backward_row, simple_rnn_row, weight_grads, weight_grads_work,
@@ -129,39 +127,71 @@ cdef void _forward(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
 # Backward
 # ---------------------------------------------------------------------------------------------------------------
 
-def simple_rnn_backward(const floating[:, :, ::1] x, const floating[:, ::1] W, const floating[:, ::1] R,
-                        const int64_t[::1] lengths, bint reverse, bint relu,
-                        const floating[:, :, ::1] ws_hprev, const floating[:, :, ::1] ws_h,
-                        const floating[:, :, ::1] dy, const floating[:, ::1] dhT,
-                        floating[:, :, ::1] dx, floating[:, ::1] dh0, floating[:, ::1] dW,
-                        floating[:, ::1] dR, floating[::1] db):
+def simple_rnn_backward(cnp.ndarray x not None, cnp.ndarray W not None, cnp.ndarray R not None,
+                        cnp.ndarray lengths not None, bint reverse, bint relu, cnp.ndarray ws_hprev not None,
+                        cnp.ndarray ws_h not None, cnp.ndarray dy not None, cnp.ndarray dhT not None,
+                        cnp.ndarray dx not None, cnp.ndarray dh0 not None, cnp.ndarray dW not None,
+                        cnp.ndarray dR not None, cnp.ndarray db not None):
+    # ndarray arguments, checked by array_args (as the forward's)
+    cdef Py_ssize_t dims[4]
+    cdef int tn = need_backward(x, W, R, 1, lengths, dy, dhT, dx, dh0, dW, dR, dims)
+    cdef Py_ssize_t B = dims[0], T = dims[1], D = dims[2], U = dims[3]
+    need("ws_hprev", ws_hprev, tn, False, 3, B, T, U)
+    need("ws_h", ws_h, tn, False, 3, B, T, U)
+    need("db", db, tn, True, 1, U, -1, -1)
+    # Scratch, once per call, in one block: da of every position (the matmuls after the loop read it), one step's
+    # da, one step's da @ R.T; R.T (every step) and W.T (dx) packed for fused_blas.product where that pays; the
+    # work of fused_blas.weight_grads; x with zeros at padded positions for dW (fused_blas.active_inputs), only
+    # when some row is padded. And a double accumulator per column (fused_blas.column_sums).
+    cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(x)
+    cdef const int64_t* lens = <const int64_t*> cnp.PyArray_DATA(lengths)
+    cdef Py_ssize_t sizes[7]
+    sizes[0] = B * T * U
+    sizes[1] = B * U
+    sizes[2] = B * U
+    sizes[3] = packed_elements(U, U, item) if pack_pays(max_length(lens, B)) else 0
+    sizes[4] = packed_elements(U, D, item) if pack_pays_rows(B * T) else 0
+    sizes[5] = weight_grads_work(max(D, U), U, B * T, item)
+    sizes[6] = B * T * D if has_padding(lens, B, T) else 0
+    cdef double small[SMALL_SCRATCH]
+    cdef double small_acc[SMALL_SCRATCH]
+    cdef void* work
+    cdef void* acc
+    held = scratch(small, tn, sizes[0] + sizes[1] + sizes[2] + sizes[3] + sizes[4] + sizes[5] + sizes[6], &work)
+    held_acc = scratch(small_acc, cnp.NPY_FLOAT64, U, &acc)
+    if tn == cnp.NPY_FLOAT32:
+        _backward_arrays(<float*> work, sizes, <double*> acc, x, W, R, lengths, reverse, relu, ws_hprev, ws_h, dy,
+                         dhT, dx, dh0, dW, dR, db)
+    else:
+        _backward_arrays(<double*> work, sizes, <double*> acc, x, W, R, lengths, reverse, relu, ws_hprev, ws_h, dy,
+                         dhT, dx, dh0, dW, dR, db)
+
+
+cdef void _backward_arrays(floating* da, const Py_ssize_t* sizes, double* acc, cnp.ndarray x, cnp.ndarray W,
+                           cnp.ndarray R, cnp.ndarray lengths, bint reverse, bint relu, cnp.ndarray ws_hprev,
+                           cnp.ndarray ws_h, cnp.ndarray dy, cnp.ndarray dhT, cnp.ndarray dx, cnp.ndarray dh0,
+                           cnp.ndarray dW, cnp.ndarray dR, cnp.ndarray db):
+    """_backward on the checked arrays' data; the scratch block at da holds da, da_step, dhr, R.T packed, W.T
+    packed, weight_grads' work, x_active (`sizes`)."""
+    cdef floating* da_step = da + sizes[0]
+    cdef floating* dhr = da_step + sizes[1]
+    cdef floating* RTbuf = dhr + sizes[2] if sizes[3] else NULL
+    cdef floating* WTbuf = dhr + sizes[2] + sizes[3] if sizes[4] else NULL
+    cdef floating* wg = dhr + sizes[2] + sizes[3] + sizes[4]
+    cdef floating* x_active = wg + sizes[5] if sizes[6] else NULL
     cdef Py_ssize_t B = x.shape[0], T = x.shape[1], D = x.shape[2], U = R.shape[0]
-    dtype = np.float32 if floating is float else np.float64
-    # da of every position (the matmuls after the loop read it), one step's da, and one step's da @ R.T.
-    cdef floating[:, ::1] da = np.empty((B * T, U), dtype)
-    cdef floating[:, ::1] da_step = np.empty((B, U), dtype)
-    cdef floating[:, ::1] dhr = np.empty((B, U), dtype)
-    # R.T (every step) and W.T (dx) packed for fused_blas.product, where that pays
-    cdef Py_ssize_t n_steps = max_length(&lengths[0], B), item = sizeof(floating)
-    cdef bint pack_w = pack_pays_rows(B * T), pack_r = pack_pays(n_steps)
-    cdef floating[::1] RTbuf = np.empty(packed_elements(U, U, item) if pack_r else 1, dtype)
-    cdef floating[::1] WTbuf = np.empty(packed_elements(U, D, item) if pack_w else 1, dtype)
-    cdef floating[::1] wg = np.empty(weight_grads_work(max(D, U), U, B * T, item), dtype)  # fused_blas.weight_grads
-    cdef double[::1] acc = np.empty(U, np.float64)
-    # x with zeros at padded positions for dW (fused_blas.active_inputs), only when some row is padded
-    cdef bint padded = has_padding(&lengths[0], B, T)
-    cdef floating[:, :, ::1] x_active = np.empty((B if padded else 1, T if padded else 1, D if padded else 1),
-                                                 dtype)
+    cdef const int64_t* lens = <const int64_t*> cnp.PyArray_DATA(lengths)
     cdef const floating* xa
     cdef unsigned int fp_mode
     with nogil:
         fp_mode = flush_denormals()
-        xa = active_inputs(&x[0, 0, 0], &lengths[0], B, T, D, &x_active[0, 0, 0] if padded else NULL)
-        _backward(B, T, D, U, xa, &W[0, 0], &R[0, 0], &WTbuf[0] if pack_w else NULL, &RTbuf[0] if pack_r else NULL,
-                  &lengths[0], reverse, relu,
-                  &ws_hprev[0, 0, 0], &ws_h[0, 0, 0], &dy[0, 0, 0], &dhT[0, 0],
-                  &dx[0, 0, 0], &dh0[0, 0], &dW[0, 0], &dR[0, 0], &db[0],
-                  &da[0, 0], &da_step[0, 0], &dhr[0, 0], &acc[0], &wg[0])
+        xa = active_inputs(<floating*> cnp.PyArray_DATA(x), lens, B, T, D, x_active)
+        _backward(B, T, D, U, xa, <floating*> cnp.PyArray_DATA(W), <floating*> cnp.PyArray_DATA(R), WTbuf, RTbuf,
+                  lens, reverse, relu, <floating*> cnp.PyArray_DATA(ws_hprev), <floating*> cnp.PyArray_DATA(ws_h),
+                  <floating*> cnp.PyArray_DATA(dy), <floating*> cnp.PyArray_DATA(dhT),
+                  <floating*> cnp.PyArray_DATA(dx), <floating*> cnp.PyArray_DATA(dh0),
+                  <floating*> cnp.PyArray_DATA(dW), <floating*> cnp.PyArray_DATA(dR),
+                  <floating*> cnp.PyArray_DATA(db), da, da_step, dhr, acc, wg)
         restore_fp_mode(fp_mode)
 
 

@@ -467,9 +467,7 @@ def test_fuzz_rnn_forward_and_backward(data):
             for dt, cv in ((np.float64, c64), (dtype, lambda a: None if a is None else c64(a).astype(dtype)))]
     ref, peer = refs  # the reference in float64 (the oracle) and in the compute dtype (see assert_matches)
     if backend == "auto" and B and T and D and COMPILED:
-        # the fuzzed shapes are tiny: inference on Cython, training on Numba (ops.AUTO_CYTHON_MIN_FLOPS)
-        first = "cython" if not training and "cython" in COMPILED else COMPILED[0]
-        assert out.backend == first
+        assert out.backend == ("cython" if "cython" in COMPILED else COMPILED[0])  # ops.COMPILED_PREFERENCE
     assert_matches(out.outputs, ref.outputs, dtype, "outputs", peer.outputs)
     for k, (got, want, p) in enumerate(zip(out.states, ref.states, peer.states)):
         assert_matches(got, want, dtype, f"final state {k}", p)

@@ -183,41 +183,36 @@ def test_auto_picks_a_compiled_backend():
     assert out.backend in COMPILED
 
 
-def test_auto_picks_by_mode_and_size_and_layers_follow_each_call():
-    """ops.AUTO_CYTHON_MIN_FLOPS: inference on Cython; training on Numba below it, Cython from there
-    (2*B*T*(D+U)*G*U)."""
+def test_auto_picks_cython_then_numba_and_layers_follow_their_backend(monkeypatch):
+    """ops.COMPILED_PREFERENCE: Cython at every size and mode, Numba where Cython does not load; an explicit backend
+    is kept; layers and cells re-select when their backend changes."""
     import fastrnn
-    small, large = (1, 2, 8, 8), (4, 40, 64, 64)          # 2 * 4 * 40 * 128 * 4 * 64 = 10.5 MFLOP
-    assert ops.auto_prefers_cython("lstm", small) and ops.auto_prefers_cython("lstm", large)
-    assert not ops.auto_prefers_cython("lstm", small, training=True)
-    assert ops.auto_prefers_cython("lstm", large, training=True)
-    assert not ops.auto_prefers_cython("simple_rnn", large, training=True)   # G = 1: 2.6 MFLOP
     dt = np.dtype(np.float32)
-    assert ops.select_kernel("lstm", "auto", dt, small).name == "cython"
-    assert ops.select_kernel("lstm", "auto", dt, small, training=True).name == "numba"
-    assert ops.select_kernel("lstm", "auto", dt, large, training=True).name == "cython"
-    assert ops.select_kernel("lstm", "numba", dt, large).name == "numba"   # an explicit backend is kept
-    assert ops.rnn_forward("lstm", np.ones((1, 2, 8), np.float32), [np.ones((8, 32), np.float32)] * 2,
-                           training=True).backend == "numba"
+    for shape in ((1, 1, 8, 8), (1, 2, 8, 8), (4, 40, 64, 64)):
+        assert ops.select_kernel("lstm", "auto", dt, shape).name == "cython"
+        assert ops.select_kernel("lstm", "numba", dt, shape).name == "numba"
+    assert ops.select_kernel("lstm", "auto", dt, (0, 2, 8, 8)).name == "numpy"   # nothing to compile for
+    x = np.ones((1, 2, 8), np.float32)
+    for training in (False, True):
+        assert ops.rnn_forward("lstm", x, [np.ones((8, 32), np.float32)] * 2, training=training).backend == "cython"
     layer = fastrnn.LSTM(64, return_sequences=True, seed=0)
-    rng = np.random.default_rng(0)
-    # (8, 20) has the size class of (4, 40) and (2, 3) that of (1, 2): the layer's cached choice by shape, mode and
-    # size class must follow each call
-    for B, T, training in ((1, 2, False), (1, 2, True), (4, 40, True), (8, 20, False), (1, 2, False), (2, 3, True),
-                           (4, 40, False), (4, 40, True), (2, 3, True), (2, 3, False)):
-        x = rng.standard_normal((B, T, 64)).astype(np.float32)
-        y = layer(x, training=training)
-        assert layer.backend_used == ("cython" if not training or B * T >= 160 else "numba")
-        want = ops.rnn_forward("lstm", x, layer.get_weights(), backend="numpy").outputs
-        assert rel_err(y, want) < FLOAT32_TOL
-    # a cell step is inference: Cython at every batch
     cell = fastrnn.LSTMCell(64, 64, seed=0)
-    for B in (1, 64, 128, 128, 1, 1):
-        x = rng.standard_normal((B, 64)).astype(np.float32)
-        h, c = cell(x, (np.zeros((B, 64), np.float32),) * 2)
-        assert cell.backend_used == "cython"
-        want = ops.rnn_forward("lstm", x[:, None], cell.weights, backend="numpy").states[0]
-        assert rel_err(h, want) < FLOAT32_TOL
+    rng = np.random.default_rng(0)
+    for B, T, training in ((1, 2, False), (1, 2, True), (4, 40, True), (0, 3, False), (8, 20, False)):
+        xb = rng.standard_normal((B, T, 64)).astype(np.float32)
+        y = layer(xb, training=training)
+        assert layer.backend_used == ("cython" if B else "numpy")
+        want = ops.rnn_forward("lstm", xb, layer.get_weights(), backend="numpy").outputs
+        assert rel_err(y, want) < FLOAT32_TOL
+        h, c = cell(xb[:, 0], (np.zeros((B, 64), np.float32),) * 2)
+        assert cell.backend_used == ("cython" if B else "numpy")
+        assert rel_err(h, ops.rnn_forward("lstm", xb[:, :1], cell.weights, backend="numpy").states[0]) < FLOAT32_TOL
+    layer.backend = "numba"
+    assert layer(xb).shape == y.shape and layer.backend_used == "numba"
+    # without the Cython kernels "auto" runs Numba
+    cython = ops.KERNELS[("lstm", "cython", dt)]
+    monkeypatch.setattr(cython, "available", lambda: False)
+    assert ops.select_kernel("lstm", "auto", dt, (4, 40, 64, 64)).name == "numba"
 
 
 @pytest.mark.parametrize("cell,options", CELL_OPTIONS, ids=CELL_OPTION_IDS)

@@ -34,7 +34,7 @@ class _Cell:
         self.seed = _seed(seed)
         self.backend_used = None
         self._n_states = ops.N_STATES[self.cell]
-        self._kernel = None       # (batch, kernel) for batch > 0: select_kernel's choice, reused
+        self._kernel = None       # select_kernel's choice for batch > 0, reused
         # Kernels never write their inputs (kernels/README.md), so these can be shared between calls:
         self._lengths = {}        # batch -> ones(batch) int64
         self._zeros = {}          # batch -> zeros((batch, hidden)), the default state
@@ -138,13 +138,11 @@ class _Cell:
         lengths = self._lengths.get(B)
         if lengths is None:
             lengths = self._lengths[B] = np.ones(B, np.int64)
-        cached = self._kernel
-        if cached is not None and cached[0] == B:
-            kernel = cached[1]
-        else:
-            kernel = ops.select_kernel(self.cell, self.backend, self.dtype, (B, 1, D, H))
+        kernel = self._kernel
+        if kernel is None or not B:
+            kernel = ops.select_kernel(self.cell, self.backend, self.dtype, (B, 1, D, H))  # B = 0: the reference
             if B:
-                self._kernel = (B, kernel)
+                self._kernel = kernel
         p = ops.Problem(self.cell, x.reshape(B, 1, D), self._W, self._R, self._b, self.use_bias, states, lengths,
                         False, self.activation, self.reset_after)
         finals = kernel.forward(p, False)[1]

@@ -74,10 +74,9 @@ class RecurrentLayer(Layer):
         self.d_initial_states = None  # gradients of the last backward with respect to the initial states
         self._tape = None
         self._weights_checked = None  # see _checked_weights
-        # Reused between calls: (backend, dtype, the last non-empty x shape, training, their size class: whether
-        # "auto" tries Cython first, the kernel select_kernel chose for them; a new shape or mode of the same size
-        # class keeps the kernel), and see _defaults.
-        self._kernel = (None, None, None, None, None, None)
+        # Reused between calls: (backend, dtype, the kernel select_kernel chose for them on non-empty calls), and see
+        # _defaults.
+        self._kernel = (None, None, None)
         self._last_defaults = (None, None, None)
         # stateful: the batch size is fixed by batch_input_shape or by the first call
         self._batch_size = self.batch_input_shape[0] if (self.stateful and self.batch_input_shape) else None
@@ -236,14 +235,11 @@ class RecurrentLayer(Layer):
         activation, reset_after = self._options()
         p = ops.Problem(self.cell, x, W, R, b, has_bias, states, full_lengths if lens is None else lens,
                         self.go_backwards, activation, reset_after)
-        backend, dtype, shape, mode, cython_first, kernel = self._kernel
-        if shape != x.shape or mode != training or backend != self.backend or dtype != self.dtype:
-            # "auto" picks by mode and size (ops.AUTO_CYTHON_MIN_FLOPS)
-            first = ops.auto_prefers_cython(self.cell, p.shape, training)
-            if backend != self.backend or dtype != self.dtype or cython_first != first or not (B and T):
-                kernel = ops.select_kernel(self.cell, self.backend, self.dtype, p.shape, training)
+        backend, dtype, kernel = self._kernel
+        if backend != self.backend or dtype != self.dtype or not (B and T):
+            kernel = ops.select_kernel(self.cell, self.backend, self.dtype, p.shape)  # empty shapes: the reference
             if B and T:
-                self._kernel = (self.backend, self.dtype, x.shape, training, first, kernel)
+                self._kernel = (self.backend, self.dtype, kernel)
         out = ops.forward_problem(p, training, kernel, self.backend)
         self.backend_used = out.backend
         if self.stateful:

@@ -1,6 +1,7 @@
-"""The Cython forward entries (cython_<cell>.<cell>_forward) take plain ndarrays (kernels/array_args.pxd): they
-check dtype, layout, writability, shapes and lengths themselves, and keep scratch on the stack when it is small.
-Their results are checked against the reference here in inference mode (the conformance tests run training)."""
+"""The Cython kernel entries (cython_<cell>.<cell>_forward / _backward) take plain ndarrays
+(kernels/array_args.pxd): they check dtype, layout, writability, shapes and lengths themselves, and keep scratch on
+the stack when it is small. The forward's results are checked against the reference here in inference mode (the
+conformance tests run training, forward and backward, at sizes on both sides of the stack buffer)."""
 import numpy as np
 import pytest
 
@@ -146,3 +147,88 @@ def test_the_layer_call_runs_the_cython_entry_at_t1():
     assert layer.backend_used == "cython"
     want = ops.rnn_forward("lstm", x, layer.get_weights(), backend="numpy").outputs
     assert rel_err(y, want) < 1e-5
+
+
+def backward_call(p):
+    """(the module's backward function, its argument list, the argument names) after a training forward of p."""
+    B, T, D, U = p.shape
+    dt = p.x.dtype
+    fn, args, names = entry_call(p, training=True)
+    fn(*args)
+    ws = [args[names.index(n)] for n in names if n.startswith("ws_")]
+    rng = np.random.default_rng(1)
+    dy = rng.standard_normal((B, T, U)).astype(dt)
+    d_final = [rng.standard_normal((B, U)).astype(dt) for _ in range(2 if p.cell == "lstm" else 1)]
+    G = {"simple_rnn": 1, "lstm": 4, "gru": 3}[p.cell]
+    fill = lambda *shape: np.full(shape, np.nan, dt)  # noqa: E731
+    mod = kernels.cython_module(f"cython_{p.cell}")
+    outs = [fill(B, T, D), fill(B, U)] + ([fill(B, U)] if p.cell == "lstm" else []) + [fill(D, G * U), fill(U, G * U)]
+    if p.cell == "lstm":
+        names = ["x", "W", "R", "lengths", "reverse", "ws_hprev", "ws_cprev", "ws_gates", "ws_c", "dy", "dhT", "dcT",
+                 "dx", "dh0", "dc0", "dW", "dR", "db"]
+        return mod.lstm_backward, [p.x, p.W, p.R, p.lengths, p.reverse, *ws, dy, *d_final, *outs,
+                                   fill(G * U)], names
+    if p.cell == "gru":
+        names = ["x", "W", "R", "lengths", "reverse", "reset_after", "ws_hprev", "ws_gates", "ws_vh", "dy", "dhT",
+                 "dx", "dh0", "dW", "dR", "db_in", "db_rec"]
+        return mod.gru_backward, [p.x, p.W, p.R, p.lengths, p.reverse, p.reset_after, *ws, dy, *d_final, *outs,
+                                  fill(G * U), fill(G * U)], names
+    names = ["x", "W", "R", "lengths", "reverse", "relu", "ws_hprev", "ws_h", "dy", "dhT", "dx", "dh0", "dW", "dR",
+             "db"]
+    return mod.simple_rnn_backward, [p.x, p.W, p.R, p.lengths, p.reverse, p.activation == "relu", *ws, dy,
+                                     *d_final, *outs, fill(G * U)], names
+
+
+@pytest.mark.parametrize("cell,options", CELL_OPTIONS, ids=CELL_OPTION_IDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_backward_bad_arguments_raise_an_error_naming_them_and_write_nothing(cell, options, dtype):
+    p = problem(cell, options, (3, 4, 5, 6), dtype)
+    fn, args, names = backward_call(p)
+    i = names.index
+    B, T, D, U = p.shape
+    other = np.float32 if dtype == np.float64 else np.float64
+    readonly = args[i("dW")].copy()
+    readonly.flags.writeable = False
+    bad = [("x", args[i("x")].astype(np.float16), TypeError, ["x", "float32 or float64"]),
+           ("W", args[i("W")][:, 1:], ValueError, ["W"]),
+           ("lengths", np.full(B, T + 1, np.int64), ValueError, ["lengths must lie in [0, timesteps"]),
+           ("ws_hprev", args[i("ws_hprev")][:, 1:], ValueError, ["ws_hprev"]),
+           ("ws_hprev", args[i("ws_hprev")].astype(other), ValueError, ["ws_hprev", "x's dtype"]),
+           ("dy", args[i("dy")][:, :, 1:], ValueError, ["dy"]),
+           ("dhT", args[i("dhT")].T, ValueError, ["dhT"]),
+           ("dx", np.empty((B, T, D + 1), dtype)[:, :, 1:], ValueError, ["dx", "C-contiguous: False"]),
+           ("dh0", args[i("dh0")][:1], ValueError, ["dh0"]),
+           ("dW", readonly, ValueError, ["dW", "writable: False"]),
+           ("dR", args[i("dR")][:, 1:], ValueError, ["dR"])]
+    bad += [(n, args[i(n)][:1], ValueError, [n]) for n in ("db", "db_in", "db_rec", "dc0", "dcT", "ws_c",
+                                                           "ws_cprev", "ws_gates", "ws_h") if n in names]
+    if cell == "gru" and options["reset_after"]:
+        bad.append(("ws_vh", np.zeros((1, 1, 1), dtype), ValueError, ["ws_vh"]))
+    snapshot = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+    for name, value, error, words in bad:
+        call = list(args)
+        call[i(name)] = value
+        with pytest.raises(error) as info:
+            fn(*call)
+        for w in words:
+            assert w in str(info.value), (name, str(info.value))
+    for a, s in zip(args, snapshot):  # the outputs still hold their NaN fill: nothing ran
+        assert np.array_equal(a, s, equal_nan=True) if isinstance(a, np.ndarray) else a == s
+    # and with good arguments every output is written, finite
+    fn(*args)
+    for n in names[names.index("dx"):]:
+        assert np.isfinite(args[i(n)]).all(), n
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_gru_reset_before_backward_takes_an_empty_ws_vh(reverse):
+    """reset_after=False reads no ws_vh (the Numba kernels' contract allows size 0): the same gradients."""
+    p = problem("gru", dict(reset_after=False), (3, 4, 5, 6), np.float64, reverse=reverse)
+    fn, args, names = backward_call(p)
+    fn(*args)
+    want = [args[k].copy() for k in range(names.index("dx"), len(names))]
+    _, args2, _ = backward_call(p)
+    args2[names.index("ws_vh")] = np.zeros((0, 0, 0), np.float64)
+    fn(*args2)
+    for got, w in zip(args2[names.index("dx"):], want):
+        assert np.array_equal(got, w)
