@@ -39,9 +39,10 @@ cdef inline int need(str name, cnp.ndarray a, int tn, bint out, int ndim, Py_ssi
         shape = "(" + ", ".join(parts) + ("," if ndim == 1 else "") + ")"
         kind = "writable C-contiguous" if out else "C-contiguous"
         dtype = str(cnp.PyArray_DescrFromType(tn)) + (" (x's dtype)" if tn != cnp.NPY_INT64 and name != "x" else "")
-        raise ValueError(f"{name} must be a {kind} {dtype} array of shape {shape}; got "
-                         f"{(<object> a).dtype} of shape {(<object> a).shape} (C-contiguous: {bool(cnp.PyArray_IS_C_CONTIGUOUS(a))}"
-                         f", writable: {bool(cnp.PyArray_ISWRITEABLE(a))})")
+        got = <object> a
+        raise ValueError(f"{name} must be a {kind} {dtype} array of shape {shape}; got {got.dtype} of shape "
+                         f"{got.shape} (C-contiguous: {bool(got.flags.c_contiguous)}, writable: "
+                         f"{bool(got.flags.writeable)})")
     return 0
 
 

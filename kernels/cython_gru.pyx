@@ -14,7 +14,7 @@ from libc.string cimport memcpy, memset
 from array_args cimport SMALL_SCRATCH, need, need_backward, need_forward, scratch
 from fused_blas cimport (active_inputs, active_rows, column_sums, flush_denormals, fr_isa, gru_backward_row,
                          gru_gates_row, gru_reset_backward_row1, gru_reset_backward_row2, gru_row, gru_state_row,
-                         has_padding, max_length, pack_for, pack_pays, pack_pays_rows,
+                         has_padding, max_length, pack_for, pack_pays_rows, pack_pays_steps,
                          packed_elements, position, product, restore_fp_mode, weight_grads, weight_grads_work,
                          zero_padding)
 
@@ -49,7 +49,7 @@ def gru_forward(cnp.ndarray x not None, cnp.ndarray W not None, cnp.ndarray R no
     # packed for fused_blas.product where that pays (pack_pays; else NULL); reset_after=False: R's [z, r] columns
     # and its h columns packed apart.
     cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(x)
-    cdef bint pack_r = pack_pays(max_length(<const int64_t*> cnp.PyArray_DATA(lengths), B))
+    cdef bint pack_r = pack_pays_steps(max_length(<const int64_t*> cnp.PyArray_DATA(lengths), B), B)
     cdef Py_ssize_t sizes[6]
     sizes[0] = B * T * G
     sizes[1] = B * G
@@ -254,7 +254,7 @@ def gru_backward(cnp.ndarray x not None, cnp.ndarray W not None, cnp.ndarray R n
     # row is padded. And a double accumulator per gate column (fused_blas.column_sums).
     cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(x)
     cdef const int64_t* lens = <const int64_t*> cnp.PyArray_DATA(lengths)
-    cdef bint pack_r = pack_pays(max_length(lens, B))
+    cdef bint pack_r = pack_pays_steps(max_length(lens, B), B)
     cdef Py_ssize_t sizes[9]
     sizes[0] = B * T * G
     sizes[1] = B * T * (G if reset_after else U)

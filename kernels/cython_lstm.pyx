@@ -11,7 +11,7 @@ from libc.string cimport memcpy
 
 from array_args cimport SMALL_SCRATCH, need, need_backward, need_forward, scratch
 from fused_blas cimport (active_inputs, active_rows, column_sums, flush_denormals, fr_isa, has_padding,
-                         lstm_backward_row, lstm_row, max_length, pack_for, pack_pays, pack_pays_rows,
+                         lstm_backward_row, lstm_row, max_length, pack_for, pack_pays_rows, pack_pays_steps,
                          packed_elements, position, product, restore_fp_mode, weight_grads, weight_grads_work,
                          zero_padding)
 
@@ -47,7 +47,7 @@ def lstm_forward(cnp.ndarray x not None, cnp.ndarray W not None, cnp.ndarray R n
     sizes[0] = B * T * G
     sizes[1] = B * G
     sizes[2] = packed_elements(D, G, item) if pack_pays_rows(B * T) else 0
-    sizes[3] = packed_elements(U, G, item) if pack_pays(n_steps) else 0
+    sizes[3] = packed_elements(U, G, item) if pack_pays_steps(n_steps, B) else 0
     cdef double small[SMALL_SCRATCH]
     cdef void* work
     held = scratch(small, tn, sizes[0] + sizes[1] + sizes[2] + sizes[3], &work)
@@ -176,7 +176,7 @@ def lstm_backward(cnp.ndarray x not None, cnp.ndarray W not None, cnp.ndarray R 
     sizes[0] = B * T * G
     sizes[1] = B * G
     sizes[2] = B * U
-    sizes[3] = packed_elements(G, U, item) if pack_pays(max_length(lens, B)) else 0
+    sizes[3] = packed_elements(G, U, item) if pack_pays_steps(max_length(lens, B), B) else 0
     sizes[4] = packed_elements(G, D, item) if pack_pays_rows(B * T) else 0
     sizes[5] = weight_grads_work(max(D, U), G, B * T, item)
     sizes[6] = B * T * D if has_padding(lens, B, T) else 0

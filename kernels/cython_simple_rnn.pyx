@@ -9,10 +9,9 @@ from libc.stdint cimport int64_t
 from libc.string cimport memcpy
 
 from array_args cimport SMALL_SCRATCH, need, need_backward, need_forward, scratch
-from fused_blas cimport (active_inputs, active_rows, column_sums, flush_denormals, fr_isa, has_padding,
-                         max_length, pack_for, pack_pays, pack_pays_rows, packed_elements, position, product,
-                         restore_fp_mode, simple_rnn_backward_row, simple_rnn_row, weight_grads, weight_grads_work,
-                         zero_padding)
+from fused_blas cimport (active_inputs, active_rows, column_sums, flush_denormals, fr_isa, has_padding, max_length,
+                         pack_for, pack_pays_rows, pack_pays_steps, packed_elements, position, product, restore_fp_mode,
+                         simple_rnn_backward_row, simple_rnn_row, weight_grads, weight_grads_work, zero_padding)
 
 cnp.import_array()
 
@@ -41,7 +40,7 @@ def simple_rnn_forward(cnp.ndarray x not None, cnp.ndarray W not None, cnp.ndarr
     sizes[0] = B * T * U
     sizes[1] = B * U
     sizes[2] = packed_elements(D, U, item) if pack_pays_rows(B * T) else 0
-    sizes[3] = packed_elements(U, U, item) if pack_pays(n_steps) else 0
+    sizes[3] = packed_elements(U, U, item) if pack_pays_steps(n_steps, B) else 0
     cdef double small[SMALL_SCRATCH]
     cdef void* work
     held = scratch(small, tn, sizes[0] + sizes[1] + sizes[2] + sizes[3], &work)
@@ -149,7 +148,7 @@ def simple_rnn_backward(cnp.ndarray x not None, cnp.ndarray W not None, cnp.ndar
     sizes[0] = B * T * U
     sizes[1] = B * U
     sizes[2] = B * U
-    sizes[3] = packed_elements(U, U, item) if pack_pays(max_length(lens, B)) else 0
+    sizes[3] = packed_elements(U, U, item) if pack_pays_steps(max_length(lens, B), B) else 0
     sizes[4] = packed_elements(U, D, item) if pack_pays_rows(B * T) else 0
     sizes[5] = weight_grads_work(max(D, U), U, B * T, item)
     sizes[6] = B * T * D if has_padding(lens, B, T) else 0

@@ -145,6 +145,7 @@ cdef extern from "packed_gemm.h":
 cdef enum:
     PACKED_CHUNK_BYTES = 1 << 20
     PACK_MIN_USES = 4
+    PACK_MIN_GEMV_STEPS = 16
     PACK_T_ROWS = 16       # pack_transposed's tile height
 
 
@@ -246,6 +247,16 @@ cdef inline bint pack_pays(Py_ssize_t uses) noexcept nogil:
 cdef inline bint pack_pays_rows(Py_ssize_t rows) noexcept nogil:
     """pack_pays for W, which the packed product streams once per block of 4 rows of x (its row block)."""
     return pack_pays((rows + 3) // 4)
+
+
+cdef inline bint pack_pays_steps(Py_ssize_t steps, Py_ssize_t batch) noexcept nogil:
+    """pack_pays for R (R.T in the backward), which every step streams whole. At batch 1 each step is a GEMV that
+    BLAS reads about as fast as the packed product (from L3 both run at the cache's rate), so the copy pays only
+    from PACK_MIN_GEMV_STEPS steps: measured with 4, 8, 16 side by side, 1 thread, batch 1, LSTM/GRU 128-512
+    units, 6-12 steps: 16 took 0.48-0.91x the time of 4 in inference and 0.52-0.98x forward + backward, the same
+    from 16 steps. At batch 2 and more BLAS's gemm repacks R on every step, and its transposed product (the
+    backward's dA @ R.T) is slow: 4 stays (8 took 1.2-1.6x the time of 4 in training at batch 4)."""
+    return steps >= (PACK_MIN_GEMV_STEPS if batch == 1 else PACK_MIN_USES)
 
 
 cdef inline floating* pack_for(const floating* B, Py_ssize_t ldb, Py_ssize_t K, Py_ssize_t N, bint transposed,

@@ -111,6 +111,16 @@ def test_kernel_matches_reference_packed_and_blas_products(backend, cell, option
     assert_conforms(backend, cell, options, p, dtype, reverse=False)
 
 
+@pytest.mark.parametrize("T", [15, 16])
+@pytest.mark.parametrize("cell,options", CELL_OPTIONS, ids=CELL_OPTION_IDS)
+def test_kernel_matches_reference_at_batch_1_around_the_gemv_packing_limit(backend, cell, options, T):
+    """At batch 1 the Cython kernels pack R only from fused_blas.PACK_MIN_GEMV_STEPS = 16 steps (pack_pays_steps):
+    15 steps run BLAS's gemv on R and R.T, 16 the packed product; reverse and a forward from h0."""
+    p = random_problem(cell, B=1, T=T, D=19, U=37, seed=16, scale=0.3, **options)
+    for reverse in (False, True):
+        assert_conforms(backend, cell, options, p, np.float64, reverse=reverse)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 def test_kernel_matches_reference_packed_in_row_chunks(backend, dtype):
     """The packed input projection and dx run in chunks of rows (fused_blas.PACKED_CHUNK_BYTES = 1 MB of x): here
