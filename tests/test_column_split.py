@@ -108,6 +108,23 @@ def test_matches_reference_every_thread_count(cell, options, lengths, reverse, d
                     assert_same_bits(got, first)
 
 
+def test_large_shares_packed_in_panel_groups_match_reference():
+    """Each thread packs its units' columns of R (and of W): from 4 MB (fused_blas.PACK_TILE_BYTES) in groups of
+    panels. LSTM 1024 float32 on 2 threads: each share of R and W is 8 MB, its panels spanning gate boundaries."""
+    p = problem("lstm", {}, 1, 3, 1024, 1024, np.float32, seed=5, scale=0.03)
+    want_y, want_states = reference(p)
+    first = None
+    for n in (1, 2):
+        got = cs.forward(p, n)
+        assert close(got[0], want_y, np.float32)
+        for s, w in zip(got[1], want_states):
+            assert close(s, w, np.float32)
+        if first is None:
+            first = got
+        else:
+            assert_same_bits(got, first)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("cell,options", CELL_OPTIONS, ids=CELL_OPTION_IDS)

@@ -121,6 +121,16 @@ def test_kernel_matches_reference_at_batch_1_around_the_gemv_packing_limit(backe
         assert_conforms(backend, cell, options, p, np.float64, reverse=reverse)
 
 
+@pytest.mark.parametrize("cell,options,U,dtype", [("lstm", {}, 512, np.float32), ("gru", dict(reset_after=True), 512,
+                                                                                      np.float64)],
+                         ids=["lstm-512-f32", "gru-512-f64"])
+def test_kernel_matches_reference_with_large_packed_matrices(backend, cell, options, U, dtype):
+    """Matrices of fused_blas.PACK_TILE_BYTES (4 MB) and more are packed in groups of panels with prefetching:
+    W and R of LSTM 512 float32 are 4 MB exactly, GRU 512 float64 6.3 MB (16 rows of x: W packed too)."""
+    p = random_problem(cell, B=4, T=4, D=U, U=U, seed=17, lengths="mixed", scale=0.05, **options)
+    assert_conforms(backend, cell, options, p, dtype, reverse=True)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 def test_kernel_matches_reference_packed_in_row_chunks(backend, dtype):
     """The packed input projection and dx run in chunks of rows (fused_blas.PACKED_CHUNK_BYTES = 1 MB of x): here
