@@ -57,21 +57,30 @@ cdef inline int need_lengths(cnp.ndarray lengths, Py_ssize_t B, Py_ssize_t T) ex
     return 0
 
 
-cdef inline int need_forward(cnp.ndarray x, cnp.ndarray W, cnp.ndarray R, Py_ssize_t gates, cnp.ndarray h0,
-                             cnp.ndarray lengths, cnp.ndarray y, cnp.ndarray hT, Py_ssize_t* dims) except -1:
-    """The arguments every forward entry takes, checked (x, W (D, gates*U), R (U, gates*U), h0, lengths, y, hT);
-    dims receives (B, T, D, U). Returns the type number of the float arrays."""
+cdef inline int need_inputs(cnp.ndarray x, cnp.ndarray W, cnp.ndarray R, Py_ssize_t gates,
+                            Py_ssize_t* dims) except -1:
+    """x (B, T, D), W (D, gates*U) and R (U, gates*U) of one float type, checked; dims receives (B, T, D, U).
+    Returns the type number: the forward's and the backward's other arrays must have it."""
     cdef int tn = float_type("x", x)
     need("x", x, tn, False, 3, -1, -1, -1)
     need("R", R, tn, False, 2, -1, -1, -1)
     cdef Py_ssize_t B = x.shape[0], T = x.shape[1], D = x.shape[2], U = R.shape[0]
     need("W", W, tn, False, 2, D, gates * U, -1)
     need("R", R, tn, False, 2, U, gates * U, -1)
+    dims[0], dims[1], dims[2], dims[3] = B, T, D, U
+    return tn
+
+
+cdef inline int need_forward(cnp.ndarray x, cnp.ndarray W, cnp.ndarray R, Py_ssize_t gates, cnp.ndarray h0,
+                             cnp.ndarray lengths, cnp.ndarray y, cnp.ndarray hT, Py_ssize_t* dims) except -1:
+    """The arguments every forward entry takes, checked (x, W (D, gates*U), R (U, gates*U), h0, lengths, y, hT);
+    dims receives (B, T, D, U). Returns the type number of the float arrays."""
+    cdef int tn = need_inputs(x, W, R, gates, dims)
+    cdef Py_ssize_t B = dims[0], T = dims[1], U = dims[3]
     need("h0", h0, tn, False, 2, B, U, -1)
     need_lengths(lengths, B, T)
     need("y", y, tn, True, 3, B, T, U)
     need("hT", hT, tn, True, 2, B, U, -1)
-    dims[0], dims[1], dims[2], dims[3] = B, T, D, U
     return tn
 
 
@@ -80,12 +89,8 @@ cdef inline int need_backward(cnp.ndarray x, cnp.ndarray W, cnp.ndarray R, Py_ss
                               cnp.ndarray dh0, cnp.ndarray dW, cnp.ndarray dR, Py_ssize_t* dims) except -1:
     """The arguments every backward entry takes, checked (the forward's x, W, R, lengths; dy, dhT; the outputs dx,
     dh0, dW, dR); dims receives (B, T, D, U). Returns the type number of the float arrays."""
-    cdef int tn = float_type("x", x)
-    need("x", x, tn, False, 3, -1, -1, -1)
-    need("R", R, tn, False, 2, -1, -1, -1)
-    cdef Py_ssize_t B = x.shape[0], T = x.shape[1], D = x.shape[2], U = R.shape[0]
-    need("W", W, tn, False, 2, D, gates * U, -1)
-    need("R", R, tn, False, 2, U, gates * U, -1)
+    cdef int tn = need_inputs(x, W, R, gates, dims)
+    cdef Py_ssize_t B = dims[0], T = dims[1], D = dims[2], U = dims[3]
     need_lengths(lengths, B, T)
     need("dy", dy, tn, False, 3, B, T, U)
     need("dhT", dhT, tn, False, 2, B, U, -1)
@@ -93,12 +98,20 @@ cdef inline int need_backward(cnp.ndarray x, cnp.ndarray W, cnp.ndarray R, Py_ss
     need("dh0", dh0, tn, True, 2, B, U, -1)
     need("dW", dW, tn, True, 2, D, gates * U, -1)
     need("dR", dR, tn, True, 2, U, gates * U, -1)
-    dims[0], dims[1], dims[2], dims[3] = B, T, D, U
     return tn
 
 
 cdef enum:
     SMALL_SCRATCH = 512  # doubles: a 4 KB buffer on the caller's stack
+
+
+cdef inline Py_ssize_t total(const Py_ssize_t* sizes, int parts) noexcept nogil:
+    """Elements of a scratch block made of `parts` parts of the given sizes."""
+    cdef Py_ssize_t n = 0
+    cdef int k
+    for k in range(parts):
+        n += sizes[k]
+    return n
 
 
 cdef inline object scratch(double* small, int tn, Py_ssize_t n, void** data):

@@ -11,7 +11,7 @@ from cython cimport floating
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy, memset
 
-from array_args cimport SMALL_SCRATCH, need, need_backward, need_forward, scratch
+from array_args cimport SMALL_SCRATCH, need, need_backward, need_forward, scratch, total
 from fused_blas cimport (active_inputs, active_rows, column_sums, flush_denormals, fr_isa, gru_backward_row,
                          gru_gates_row, gru_reset_backward_row1, gru_reset_backward_row2, gru_row, gru_state_row,
                          has_padding, max_length, pack_for, pack_pays_rows, pack_pays_steps,
@@ -59,7 +59,7 @@ def gru_forward(cnp.ndarray x not None, cnp.ndarray W not None, cnp.ndarray R no
     sizes[5] = packed_elements(U, U, item) if pack_r and not reset_after else 0
     cdef double small[SMALL_SCRATCH]
     cdef void* work
-    held = scratch(small, tn, sizes[0] + sizes[1] + sizes[2] + sizes[3] + sizes[4] + sizes[5], &work)
+    held = scratch(small, tn, total(sizes, 6), &work)
     if tn == cnp.NPY_FLOAT32:
         _forward_arrays(<float*> work, sizes, x, W, R, b_in, b_rec, h0, lengths, reverse, reset_after, training,
                         y, hT, ws_hprev, ws_gates, ws_vh, with_vh)
@@ -265,14 +265,11 @@ def gru_backward(cnp.ndarray x not None, cnp.ndarray W not None, cnp.ndarray R n
     sizes[6] = packed_elements(U, U, item) if pack_r and not reset_after else 0
     sizes[7] = weight_grads_work(max(D, U), G, B * T, item)
     sizes[8] = B * T * D if has_padding(lens, B, T) else 0
-    cdef Py_ssize_t total = 0, k
-    for k in range(9):
-        total += sizes[k]
     cdef double small[SMALL_SCRATCH]
     cdef double small_acc[SMALL_SCRATCH]
     cdef void* work
     cdef void* acc
-    held = scratch(small, tn, total, &work)
+    held = scratch(small, tn, total(sizes, 9), &work)
     held_acc = scratch(small_acc, cnp.NPY_FLOAT64, G, &acc)
     if tn == cnp.NPY_FLOAT32:
         _backward_arrays(<float*> work, sizes, <double*> acc, x, W, R, lengths, reverse, reset_after, ws_hprev,

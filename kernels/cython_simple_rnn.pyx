@@ -8,10 +8,10 @@ from cython cimport floating
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy
 
-from array_args cimport SMALL_SCRATCH, need, need_backward, need_forward, scratch
-from fused_blas cimport (active_inputs, active_rows, column_sums, flush_denormals, fr_isa, has_padding, max_length,
-                         pack_for, pack_pays_rows, pack_pays_steps, packed_elements, position, product, restore_fp_mode,
-                         simple_rnn_backward_row, simple_rnn_row, weight_grads, weight_grads_work, zero_padding)
+from array_args cimport SMALL_SCRATCH, need, need_backward, need_forward, scratch, total
+from fused_blas cimport (active_inputs, active_rows, backward_scratch, column_sums, flush_denormals,
+                         forward_scratch, fr_isa, max_length, pack_for, position, product, restore_fp_mode,
+                         simple_rnn_backward_row, simple_rnn_row, weight_grads, zero_padding)
 
 cnp.import_array()
 
@@ -32,18 +32,14 @@ def simple_rnn_forward(cnp.ndarray x not None, cnp.ndarray W not None, cnp.ndarr
     if training:  # else ignored (the contract: they may have size 0)
         need("ws_hprev", ws_hprev, tn, True, 3, B, T, U)
         need("ws_h", ws_h, tn, True, 3, B, T, U)
-    # Scratch, once per call, in one block: the input projection of every step, one step's recurrent projection,
-    # and W and R packed for fused_blas.product where that pays (pack_pays; else NULL: BLAS reads them as they are)
+    # Scratch, once per call, in one block (its parts: fused_blas.forward_scratch); NULL for what is not packed
     cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(x)
     cdef Py_ssize_t n_steps = max_length(<const int64_t*> cnp.PyArray_DATA(lengths), B)
     cdef Py_ssize_t sizes[4]
-    sizes[0] = B * T * U
-    sizes[1] = B * U
-    sizes[2] = packed_elements(D, U, item) if pack_pays_rows(B * T) else 0
-    sizes[3] = packed_elements(U, U, item) if pack_pays_steps(n_steps, B) else 0
+    forward_scratch(sizes, B, T, D, U, U, n_steps, item)
     cdef double small[SMALL_SCRATCH]
     cdef void* work
-    held = scratch(small, tn, sizes[0] + sizes[1] + sizes[2] + sizes[3], &work)
+    held = scratch(small, tn, total(sizes, 4), &work)
     if tn == cnp.NPY_FLOAT32:
         _forward_arrays(<float*> work, sizes, x, W, R, b, h0, lengths, reverse, relu, training, y, hT, ws_hprev,
                         ws_h)
@@ -138,25 +134,17 @@ def simple_rnn_backward(cnp.ndarray x not None, cnp.ndarray W not None, cnp.ndar
     need("ws_hprev", ws_hprev, tn, False, 3, B, T, U)
     need("ws_h", ws_h, tn, False, 3, B, T, U)
     need("db", db, tn, True, 1, U, -1, -1)
-    # Scratch, once per call, in one block: da of every position (the matmuls after the loop read it), one step's
-    # da, one step's da @ R.T; R.T (every step) and W.T (dx) packed for fused_blas.product where that pays; the
-    # work of fused_blas.weight_grads; x with zeros at padded positions for dW (fused_blas.active_inputs), only
-    # when some row is padded. And a double accumulator per column (fused_blas.column_sums).
+    # Scratch, once per call, in one block (its parts: fused_blas.backward_scratch), and a double accumulator per
+    # column (fused_blas.column_sums).
     cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(x)
     cdef const int64_t* lens = <const int64_t*> cnp.PyArray_DATA(lengths)
     cdef Py_ssize_t sizes[7]
-    sizes[0] = B * T * U
-    sizes[1] = B * U
-    sizes[2] = B * U
-    sizes[3] = packed_elements(U, U, item) if pack_pays_steps(max_length(lens, B), B) else 0
-    sizes[4] = packed_elements(U, D, item) if pack_pays_rows(B * T) else 0
-    sizes[5] = weight_grads_work(max(D, U), U, B * T, item)
-    sizes[6] = B * T * D if has_padding(lens, B, T) else 0
+    backward_scratch(sizes, B, T, D, U, U, lens, item)
     cdef double small[SMALL_SCRATCH]
     cdef double small_acc[SMALL_SCRATCH]
     cdef void* work
     cdef void* acc
-    held = scratch(small, tn, sizes[0] + sizes[1] + sizes[2] + sizes[3] + sizes[4] + sizes[5] + sizes[6], &work)
+    held = scratch(small, tn, total(sizes, 7), &work)
     held_acc = scratch(small_acc, cnp.NPY_FLOAT64, U, &acc)
     if tn == cnp.NPY_FLOAT32:
         _backward_arrays(<float*> work, sizes, <double*> acc, x, W, R, lengths, reverse, relu, ws_hprev, ws_h, dy,

@@ -287,6 +287,31 @@ cdef inline bint pack_pays_steps(Py_ssize_t steps, Py_ssize_t batch) noexcept no
     return steps >= (PACK_MIN_GEMV_STEPS if batch == 1 else PACK_MIN_USES)
 
 
+cdef inline void forward_scratch(Py_ssize_t* sizes, Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
+                                 Py_ssize_t N, Py_ssize_t steps, Py_ssize_t itemsize) noexcept nogil:
+    """The parts of the scratch block of a forward with one gate matrix (LSTM, SimpleRNN: W (D, N), R (U, N)):
+    the input projection of every step, one step's recurrent projection, W packed and R packed where that pays
+    (else 0: BLAS reads them as they are). GRU, whose R is split, lays out its own."""
+    sizes[0] = B * T * N
+    sizes[1] = B * N
+    sizes[2] = packed_elements(D, N, itemsize) if pack_pays_rows(B * T) else 0
+    sizes[3] = packed_elements(U, N, itemsize) if pack_pays_steps(steps, B) else 0
+
+
+cdef inline void backward_scratch(Py_ssize_t* sizes, Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
+                                  Py_ssize_t N, const int64_t* lengths, Py_ssize_t itemsize) noexcept nogil:
+    """The parts of the scratch block of the matching backward: dA of every position (the matmuls after the loop
+    read it), one step's dA, one step's dA @ R.T; R.T (every step) and W.T (dx) packed where that pays; the work
+    of weight_grads; x with zeros at padded positions for dW (active_inputs), only when some row is padded."""
+    sizes[0] = B * T * N
+    sizes[1] = B * N
+    sizes[2] = B * U
+    sizes[3] = packed_elements(N, U, itemsize) if pack_pays_steps(max_length(lengths, B), B) else 0
+    sizes[4] = packed_elements(N, D, itemsize) if pack_pays_rows(B * T) else 0
+    sizes[5] = weight_grads_work(max(D, U), N, B * T, itemsize)
+    sizes[6] = B * T * D if has_padding(lengths, B, T) else 0
+
+
 cdef inline floating* pack_for(const floating* B, Py_ssize_t ldb, Py_ssize_t K, Py_ssize_t N, bint transposed,
                                floating* buffer) noexcept nogil:
     """The packed K x N right operand (B, or B.T when `transposed`; row stride ldb) in `buffer` (packed_elements

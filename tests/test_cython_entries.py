@@ -98,21 +98,27 @@ def bad_arguments(cell, names, args, dtype):
     ]
 
 
-@pytest.mark.parametrize("cell,options", CELL_OPTIONS, ids=CELL_OPTION_IDS)
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_bad_arguments_raise_an_error_naming_them_and_write_nothing(cell, options, dtype):
-    p = problem(cell, options, (3, 4, 5, 6), dtype)
-    fn, args, names = entry_call(p, training=False)
+def assert_each_raises_and_writes_nothing(fn, args, names, bad):
+    """fn(*args) with one argument replaced by each (name, value, error, words) of `bad` raises `error` whose
+    message holds every one of `words`; no argument changes (the outputs keep their NaN fill: nothing ran)."""
     snapshot = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
-    for name, value, error, words in bad_arguments(cell, names, args, dtype):
+    for name, value, error, words in bad:
         call = list(args)
         call[names.index(name)] = value
         with pytest.raises(error) as info:
             fn(*call)
         for w in words:
             assert w in str(info.value), (name, str(info.value))
-    for a, s in zip(args, snapshot):  # the outputs still hold their NaN fill: nothing ran
+    for a, s in zip(args, snapshot):
         assert np.array_equal(a, s, equal_nan=True) if isinstance(a, np.ndarray) else a == s
+
+
+@pytest.mark.parametrize("cell,options", CELL_OPTIONS, ids=CELL_OPTION_IDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bad_arguments_raise_an_error_naming_them_and_write_nothing(cell, options, dtype):
+    p = problem(cell, options, (3, 4, 5, 6), dtype)
+    fn, args, names = entry_call(p, training=False)
+    assert_each_raises_and_writes_nothing(fn, args, names, bad_arguments(cell, names, args, dtype))
 
 
 @pytest.mark.parametrize("cell,options", CELL_OPTIONS, ids=CELL_OPTION_IDS)
@@ -204,16 +210,7 @@ def test_backward_bad_arguments_raise_an_error_naming_them_and_write_nothing(cel
                                                            "ws_cprev", "ws_gates", "ws_h") if n in names]
     if cell == "gru" and options["reset_after"]:
         bad.append(("ws_vh", np.zeros((1, 1, 1), dtype), ValueError, ["ws_vh"]))
-    snapshot = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
-    for name, value, error, words in bad:
-        call = list(args)
-        call[i(name)] = value
-        with pytest.raises(error) as info:
-            fn(*call)
-        for w in words:
-            assert w in str(info.value), (name, str(info.value))
-    for a, s in zip(args, snapshot):  # the outputs still hold their NaN fill: nothing ran
-        assert np.array_equal(a, s, equal_nan=True) if isinstance(a, np.ndarray) else a == s
+    assert_each_raises_and_writes_nothing(fn, args, names, bad)
     # and with good arguments every output is written, finite
     fn(*args)
     for n in names[names.index("dx"):]:
