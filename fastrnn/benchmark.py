@@ -52,8 +52,8 @@ def time_side_by_side(calls, min_rounds=5, max_rounds=50, budget_s=2.0, warmup=T
     warmup=False when every call has just run once already (e.g. to check that the calls agree).
 
     Several thread pools in one process (OpenBLAS, OpenMP, ONNX Runtime, each with its own threads; `pools` maps
-    a call's name to its pool): after a call, a pool's idle threads busy-wait for up to ~0.1 s, competing with
-    whichever pool runs next. With prewarm_s > 0, a call whose pool differs from the previous call's first runs
+    a call's name to its pool): after a call, a pool's idle threads busy-wait for up to ~0.1 s (PREWARM_S),
+    competing with whichever pool runs next. With prewarm_s > 0, a call whose pool differs from the previous call's first runs
     untimed until prewarm_s has passed (at least once), so that it is timed with its own threads awake and the other
     pools' threads asleep, as when it runs alone. Calls that take prewarm_below_s or more skip this (the
     disturbance is then a few percent, and the run would take twice as long)."""
@@ -158,7 +158,13 @@ SGEMM_BATCH = 64
 
 # With more than one thread, the runners' thread pools disturb each other (see time_side_by_side): fastrnn's two
 # backends share SciPy's OpenBLAS; torch (OpenMP, MKL), ONNX Runtime and NumPy's OpenBLAS (sgemm) have their own.
-PREWARM_S = 0.12
+# The prewarm must outlast the previous pool's spinning and fastrnn's reaction to it. Measured here: after a call,
+# onnxruntime 1.32's 2-thread pool keeps the other core busy for ~50 ms (torch's ~10 ms); fastrnn's column split
+# (batch 1-4), contended by it, ran its first calls 10-15x slower and backed off to one thread for 0.1 s
+# (_column_split, "contention"). With 0.12 s the timed call fell in or just after that backoff (LSTM 256 units,
+# batch 1: 1.9-2.2 ms instead of 1.1-1.3 alone); with 0.25 s it ran as alone (1.06 ms; split/one thread
+# 0.57-0.70x at 256-512 units, as without the peers).
+PREWARM_S = 0.25
 POOLS = {"fastrnn-numba": "scipy-openblas", "fastrnn-cython": "scipy-openblas"}
 LATENCY_POOLS = {name: "scipy-openblas" for name in ("fastrnn layer", "fastrnn cell", "ops.rnn_forward",
                                                        "kernel.forward")}
