@@ -165,7 +165,12 @@ SGEMM_BATCH = 64
 # batch 1: 1.9-2.2 ms instead of 1.1-1.3 alone); with 0.25 s it ran as alone (1.06 ms; split/one thread
 # 0.57-0.70x at 256-512 units, as without the peers).
 PREWARM_S = 0.25
-POOLS = {"fastrnn-numba": "scipy-openblas", "fastrnn-cython": "scipy-openblas"}
+# Every runner of a peer point counts as a pool of its own, so each is timed after its own prewarm, torch's and
+# onnxruntime's too. fastrnn's two backends share SciPy's OpenBLAS, but the Cython one runs batch 1-4 on both
+# cores (the column split, a thread started per call), which is slower while the other core wakes from idle: timed
+# right after the Numba call (one thread at batch 1), LSTM 256/1 took 1.44-1.65 ms instead of 1.13, LSTM 128/1
+# 0.69 instead of 0.56, GRU 512/1 5.94 instead of 5.39 (2 threads, same run).
+POOLS = {}
 LATENCY_POOLS = {name: "scipy-openblas" for name in ("fastrnn layer", "fastrnn cell", "ops.rnn_forward",
                                                        "kernel.forward")}
 
