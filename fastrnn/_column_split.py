@@ -42,7 +42,9 @@ costs about half (each core streams half of R). So:
   onnxruntime's 2-thread session in the same round robin (its pool spins on the other core after each call, as
   in `fastrnn bench --peers`), the per-step barrier suffers and the row split does not: column / row speed at
   batch 16 0.79-0.90x at 128-256 units, 0.97-0.99x at 512, 1.07-1.08x at 1024; at batch 8 0.86-0.99x (256-512).
-  So below HUGE_R_BYTES the limits above stand.
+  So below HUGE_R_BYTES the limits above stand. Measured again (stop 14, `bench --peers` timing every runner
+  after its own prewarm, so that the other pools sleep): batch 8-32 column / row 0.95-1.07x (LSTM, GRU,
+  SimpleRNN at 256-512 units, alone and next to onnxruntime), LSTM 128 batch 16 1.15-1.26x: they still stand.
 - training takes the same policy: its backward does the forward's recurrent products once more (with R.T) and its
   products over all positions split by rows and columns without a barrier. Measured (issue 6, stop 12; T=100,
   float32, forward + backward, 2 threads, interleaved in one run): batch 1, over one thread, LSTM 1.15x at 128 units,
