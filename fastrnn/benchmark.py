@@ -52,11 +52,12 @@ def time_side_by_side(calls, min_rounds=5, max_rounds=50, budget_s=2.0, warmup=T
     warmup=False when every call has just run once already (e.g. to check that the calls agree).
 
     Several thread pools in one process (OpenBLAS, OpenMP, ONNX Runtime, each with its own threads; `pools` maps
-    a call's name to its pool): after a call, a pool's idle threads busy-wait for up to ~0.1 s (PREWARM_S),
-    competing with whichever pool runs next. With prewarm_s > 0, a call whose pool differs from the previous call's first runs
-    untimed until prewarm_s has passed (at least once), so that it is timed with its own threads awake and the other
-    pools' threads asleep, as when it runs alone. Calls that take prewarm_below_s or more skip this (the
-    disturbance is then a few percent, and the run would take twice as long)."""
+    a call's name to its pool; a call not in it is a pool of its own): after a call, a pool's idle threads busy-wait
+    for a while (onnxruntime's ~50 ms here, see PREWARM_S), competing with whichever pool runs next. With
+    prewarm_s > 0, a call whose pool differs from the previous call's first runs untimed until prewarm_s has passed
+    (at least once), so that it is timed with its own threads awake and the other pools' threads asleep, as when it
+    runs alone. Calls that take prewarm_below_s or more skip this (the disturbance is then a few percent, and the
+    run would take twice as long)."""
     if warmup:
         for call in calls.values():  # warm up: compile/load, allocate, fill caches
             call()
@@ -165,12 +166,6 @@ SGEMM_BATCH = 64
 # batch 1: 1.9-2.2 ms instead of 1.1-1.3 alone); with 0.25 s it ran as alone (1.06 ms; split/one thread
 # 0.57-0.70x at 256-512 units, as without the peers).
 PREWARM_S = 0.25
-# Every runner of a peer point counts as a pool of its own, so each is timed after its own prewarm, torch's and
-# onnxruntime's too. fastrnn's two backends share SciPy's OpenBLAS, but the Cython one runs batch 1-4 on both
-# cores (the column split, a thread started per call), which is slower while the other core wakes from idle: timed
-# right after the Numba call (one thread at batch 1), LSTM 256/1 took 1.44-1.65 ms instead of 1.13, LSTM 128/1
-# 0.69 instead of 0.56, GRU 512/1 5.94 instead of 5.39 (2 threads, same run).
-POOLS = {}
 LATENCY_POOLS = {name: "scipy-openblas" for name in ("fastrnn layer", "fastrnn cell", "ops.rnn_forward",
                                                        "kernel.forward")}
 
@@ -326,8 +321,13 @@ def peer_point(cell, mode, units, batch, timesteps, threads, min_rounds=7, budge
         calls["sgemm"], parts = sgemm_runner(cell, x, weights)
         calls["sgemm"]()
     load = OtherLoad()
+    # No `pools`: every runner is a pool of its own, so each is timed after its own prewarm, torch's and
+    # onnxruntime's too. fastrnn's two backends share SciPy's OpenBLAS, but the Cython one runs batch 1-4 on both
+    # cores (the column split, a thread started per call), which is slower while the other core wakes from idle:
+    # timed right after the Numba call (one thread at batch 1), LSTM 256/1 took 1.44-1.65 ms instead of 1.13,
+    # LSTM 128/1 0.69 instead of 0.56, GRU 512/1 5.94 instead of 5.39 (2 threads, same run).
     med = time_side_by_side(calls, min_rounds=min_rounds, max_rounds=max(min_rounds, 50), budget_s=budget_s,
-                            warmup=False, pools=POOLS, prewarm_s=PREWARM_S if threads > 1 else 0.0)
+                            warmup=False, prewarm_s=PREWARM_S if threads > 1 else 0.0)
     other = load.cores()
     del runners, calls  # free the ORT session and torch module before the next point
     fr = {name[len("fastrnn-"):]: t for name, t in med.items() if name.startswith("fastrnn-")}
