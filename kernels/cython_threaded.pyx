@@ -475,13 +475,13 @@ cdef void _prepare(floating* typed, Shared* S, int k) noexcept nogil:
     cdef floating* cT = <floating*> S.cT
     cdef const int64_t* lengths = S.lengths
 
-    pack_gate_columns(<const floating*> S.W, G * U, D, U, u0, nu, 0, G, Wp)
+    pack_gate_columns(<const floating*> S.W, G * U, D, U, u0, nu, 0, G, Wp, True)
     if S.cell == GRU and not S.reset_after:
-        pack_gate_columns(<const floating*> S.R, G * U, U, U, u0, nu, 0, 2, Rp)
+        pack_gate_columns(<const floating*> S.R, G * U, U, U, u0, nu, 0, 2, Rp, True)
         pack_gate_columns(<const floating*> S.R, G * U, U, U, u0, nu, 2, 1,
-                          Rp + packed_size(U, 2 * nu, sizeof(floating)))
+                          Rp + packed_size(U, 2 * nu, sizeof(floating)), True)
     else:
-        pack_gate_columns(<const floating*> S.R, G * U, U, U, u0, nu, 0, G, Rp)
+        pack_gate_columns(<const floating*> S.R, G * U, U, U, u0, nu, 0, G, Rp, True)
     for g in range(G):
         for j in range(nu):
             bi[g * nu + j] = b_in[g * U + u0 + j]

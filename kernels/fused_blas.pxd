@@ -186,7 +186,8 @@ cdef inline floating* aligned64(floating* buffer) noexcept nogil:
 
 
 cdef inline void pack_gate_columns(const floating* src, Py_ssize_t ld, Py_ssize_t K, Py_ssize_t U, Py_ssize_t u0,
-                                   Py_ssize_t nu, Py_ssize_t g0, Py_ssize_t ng, floating* P) noexcept nogil:
+                                   Py_ssize_t nu, Py_ssize_t g0, Py_ssize_t ng, floating* P,
+                                   bint grouped=False) noexcept nogil:
     """Pack columns g*U + [u0, u0+nu) of gates g0..g0+ng-1 of src (K rows, row stride ld), in that order, into
     P (64-byte aligned) in panels: panel p holds local columns [p * nr, p * nr + nr) as K rows of nr contiguous
     elements, the last panel zero-padded; local column j = (g - g0) * nu + i holds global column g * U + u0 + i.
@@ -197,10 +198,14 @@ cdef inline void pack_gate_columns(const floating* src, Py_ssize_t ld, Py_ssize_
     panels (all rows for one group, then the next), with the rows PACK_PREFETCH_ROWS ahead prefetched: writing
     every panel's row at once is one write stream per panel (128 of them at 4096 columns), and measured here,
     float32, one core, interleaved A/B, that ran at 3 GB/s on 12.6-16.8 MB (1024 units), 10 at 4.2 MB; the groups
-    were 2.6-3.0x as fast at 12.6-16.8 MB, 1.27x at 4.2 MB, but 0.71-0.94x at 0.3-3.1 MB (kept as it was)."""
+    were 2.6-3.0x as fast at 12.6-16.8 MB, 1.27x at 4.2 MB, but 0.71-0.94x at 0.3-3.1 MB (kept as it was).
+    grouped: in groups whatever the size. The column split packs each thread's share of W and R on every call,
+    both threads at once and the sources often no longer in cache (its loop streams R): there the groups took
+    0.91x the time of the call at 512 units (LSTM batch 1 and 4, GRU batch 1; 2 threads, side by side), the same
+    at 128-256 (shares under 1 MB) and at 1024 (shares of 4 MB or more were grouped already)."""
     cdef Py_ssize_t nr = panel_width(sizeof(floating))
     cdef Py_ssize_t N = ng * nu, npan = (N + nr - 1) // nr, p0, p1, p, k, j0, nc, c, g, i, run, m
-    cdef bint tiled = K * N * <Py_ssize_t> sizeof(floating) >= PACK_TILE_BYTES
+    cdef bint tiled = grouped or K * N * <Py_ssize_t> sizeof(floating) >= PACK_TILE_BYTES
     cdef Py_ssize_t group = PACK_TILE_PANELS if tiled else npan
     cdef floating* dst
     cdef const floating* row
