@@ -379,8 +379,7 @@ def latency_runners(cell, units=LATENCY_UNITS, threads=1):
     the last three show where the layer's time goes — and the torch layer and ONNX Runtime session."""
     from . import layers
     x, weights = peers.make_problem(cell, 1, 1, units)
-    layer = {"simple_rnn": layers.SimpleRNN, "lstm": layers.LSTM, "gru": layers.GRU}[cell](units,
-                                                                                         return_sequences=True)
+    layer = peers.LAYERS[cell](units, return_sequences=True)
     layer(x)
     layer.set_weights(weights)
     cellobj = {"simple_rnn": layers.RNNCell, "lstm": layers.LSTMCell, "gru": layers.GRUCell}[cell](units, units)
