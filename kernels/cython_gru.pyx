@@ -15,8 +15,8 @@ from array_args cimport SMALL_SCRATCH, need, need_backward, need_forward, scratc
 from fused_blas cimport (active_inputs, active_rows, column_sums, flush_denormals, fr_isa, gru_backward_row,
                          gru_gates_row, gru_reset_backward_row1, gru_reset_backward_row2, gru_row, gru_state_row,
                          has_padding, max_length, pack_for, pack_pays_rows, pack_pays_steps,
-                         packed_elements, position, product, restore_fp_mode, weight_grads, weight_grads_work,
-                         zero_padding)
+                         packed_elements, panels_backward, position, product, restore_fp_mode, weight_grads,
+                         weight_grads_work, zero_padding)
 
 cnp.import_array()
 
@@ -150,7 +150,7 @@ cdef void _forward_reset_after(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssiz
     for s in range(n_steps):
         active_rows(lengths, B, s, &lo, &hi)
         # hr = h @ R (all three gates at once) for the block of rows holding the active ones
-        product(hi - lo, U, h + lo * U, U, R, G, False, Rp, G, hr + lo * G, G, isa)
+        product(hi - lo, U, h + lo * U, U, R, G, False, Rp, G, hr + lo * G, G, isa, panels_backward(s, hi - lo))
         for bb in range(lo, hi):
             if lengths[bb] <= s:
                 continue
@@ -198,7 +198,7 @@ cdef void _forward_reset_before(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssi
     Rhp = pack_for(R + 2 * U, G, U, U, False, Rhbuf)
     for s in range(n_steps):
         active_rows(lengths, B, s, &lo, &hi)
-        product(hi - lo, U, h + lo * U, U, R, G, False, Rp, 2 * U, hr + lo * G, G, isa)
+        product(hi - lo, U, h + lo * U, U, R, G, False, Rp, 2 * U, hr + lo * G, G, isa, panels_backward(s, hi - lo))
         for bb in range(lo, hi):
             if lengths[bb] <= s:
                 continue
@@ -207,7 +207,8 @@ cdef void _forward_reset_before(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssi
             v = hr + bb * G
             hrow = h + bb * U
             gru_gates_row(v, u, bias, U, hrow, rh + bb * U)  # z, r; r * h_prev (fused_blas)
-        product(hi - lo, U, rh + lo * U, U, R + 2 * U, G, False, Rhp, U, hr + lo * G + 2 * U, G, isa)
+        product(hi - lo, U, rh + lo * U, U, R + 2 * U, G, False, Rhp, U, hr + lo * G + 2 * U, G, isa,
+                panels_backward(s, hi - lo))
         for bb in range(lo, hi):
             if lengths[bb] <= s:
                 continue
@@ -358,7 +359,8 @@ cdef void _backward_reset_after(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssi
             gru_backward_row(ws_gates + pos * G, ws_hprev + pos * U, ws_vh + pos * U, dy + pos * U, dh + bb * U,
                              du + pos * G, dvrow, U, U)
             memcpy(dv + pos * G, dvrow, G * sizeof(floating))
-        product(hi - lo, G, dv_step + lo * G, G, R, G, True, RTp, U, dhr + lo * U, U, isa)
+        product(hi - lo, G, dv_step + lo * G, G, R, G, True, RTp, U, dhr + lo * U, U, isa,
+                panels_backward(s, hi - lo))
         for bb in range(lo, hi):
             if lengths[bb] > s:
                 for j in range(U):
@@ -407,7 +409,8 @@ cdef void _backward_reset_before(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ss
             pos = bb * T + t
             gru_reset_backward_row1(ws_gates + pos * G, ws_hprev + pos * U, dy + pos * U, dh + bb * U,
                                     dstep + bb * G, U, U)
-        product(hi - lo, U, dstep + lo * G + 2 * U, G, R + 2 * U, G, True, RhTp, U, dhr + lo * U, U, isa)
+        product(hi - lo, U, dstep + lo * G + 2 * U, G, R + 2 * U, G, True, RhTp, U, dhr + lo * U, U, isa,
+                panels_backward(s, hi - lo))
         for bb in range(lo, hi):
             if lengths[bb] <= s:
                 continue
@@ -416,7 +419,8 @@ cdef void _backward_reset_before(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ss
             drow = dstep + bb * G
             gru_reset_backward_row2(ws_gates + pos * G, ws_hprev + pos * U, dhr + bb * U, dh + bb * U, drow, U, U)
             memcpy(du + pos * G, drow, G * sizeof(floating))
-        product(hi - lo, 2 * U, dstep + lo * G, G, R, G, True, RTp, U, dhr + lo * U, U, isa)
+        product(hi - lo, 2 * U, dstep + lo * G, G, R, G, True, RTp, U, dhr + lo * U, U, isa,
+                panels_backward(s, hi - lo))
         for bb in range(lo, hi):
             if lengths[bb] > s:
                 for j in range(U):

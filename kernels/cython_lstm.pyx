@@ -11,8 +11,8 @@ from libc.string cimport memcpy
 
 from array_args cimport SMALL_SCRATCH, need, need_backward, need_forward, scratch, total
 from fused_blas cimport (active_inputs, active_rows, backward_scratch, column_sums, flush_denormals,
-                         forward_scratch, fr_isa, lstm_backward_row, lstm_row, max_length, pack_for, position,
-                         product, restore_fp_mode, weight_grads, zero_padding)
+                         forward_scratch, fr_isa, lstm_backward_row, lstm_row, max_length, pack_for,
+                         panels_backward, position, product, restore_fp_mode, weight_grads, zero_padding)
 
 cnp.import_array()
 
@@ -119,7 +119,7 @@ cdef void _forward(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
     for s in range(n_steps):
         active_rows(lengths, B, s, &lo, &hi)
         # hr = h @ R (all four gates at once) for the block of rows holding the active ones
-        product(hi - lo, U, h + lo * U, U, R, G, False, Rp, G, hr + lo * G, G, isa)
+        product(hi - lo, U, h + lo * U, U, R, G, False, Rp, G, hr + lo * G, G, isa, panels_backward(s, hi - lo))
         for bb in range(lo, hi):
             if lengths[bb] <= s:
                 continue
@@ -245,7 +245,8 @@ cdef void _backward(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
                               dc + bb * U, darow, U, U)
             memcpy(da + pos * G, darow, G * sizeof(floating))
         # dh_prev = da @ R.T for the block of rows, kept for the active rows
-        product(hi - lo, G, da_step + lo * G, G, R, G, True, RTp, U, dhr + lo * U, U, isa)
+        product(hi - lo, G, da_step + lo * G, G, R, G, True, RTp, U, dhr + lo * U, U, isa,
+                panels_backward(s, hi - lo))
         for bb in range(lo, hi):
             if lengths[bb] > s:
                 memcpy(dh + bb * U, dhr + bb * U, U * sizeof(floating))

@@ -10,7 +10,8 @@ from libc.string cimport memcpy
 
 from array_args cimport SMALL_SCRATCH, need, need_backward, need_forward, scratch, total
 from fused_blas cimport (active_inputs, active_rows, backward_scratch, column_sums, flush_denormals,
-                         forward_scratch, fr_isa, max_length, pack_for, position, product, restore_fp_mode,
+                         forward_scratch, fr_isa, max_length, pack_for, panels_backward, position, product,
+                         restore_fp_mode,
                          simple_rnn_backward_row, simple_rnn_row, weight_grads, zero_padding)
 
 cnp.import_array()
@@ -101,7 +102,7 @@ cdef void _forward(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
 
     for s in range(n_steps):
         active_rows(lengths, B, s, &lo, &hi)
-        product(hi - lo, U, h + lo * U, U, R, U, False, Rp, U, hr + lo * U, U, isa)
+        product(hi - lo, U, h + lo * U, U, R, U, False, Rp, U, hr + lo * U, U, isa, panels_backward(s, hi - lo))
         for bb in range(lo, hi):
             if lengths[bb] <= s:
                 continue
@@ -211,7 +212,8 @@ cdef void _backward(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
             simple_rnn_backward_row(ws_h + (bb * T + t) * U, dy + (bb * T + t) * U, dh + bb * U, darow, U, relu)
             memcpy(da + (bb * T + t) * U, darow, U * sizeof(floating))
         # dh_prev = da @ R.T for the block of rows, then kept for the active ones only
-        product(hi - lo, U, da_step + lo * U, U, R, U, True, RTp, U, dhr + lo * U, U, isa)
+        product(hi - lo, U, da_step + lo * U, U, R, U, True, RTp, U, dhr + lo * U, U, isa,
+                panels_backward(s, hi - lo))
         for bb in range(lo, hi):
             if lengths[bb] > s:
                 memcpy(dh + bb * U, dhr + bb * U, U * sizeof(floating))

@@ -72,8 +72,9 @@ from libc.string cimport memcpy, memset
 from fused_blas cimport (active_inputs, active_rows, aligned64, column_sums, flush_denormals, fr_isa, fr_set_isa_cap,
                          gru_backward_row, gru_gates_row, gru_reset_backward_row1, gru_reset_backward_row2, gru_row,
                          gru_state_row, has_padding, lstm_backward_row, lstm_row, max_length, pack,
-                         pack_gate_columns, pack_transposed, packed_elements, packed_matmul, packed_size, position,
-                         restore_fp_mode, simple_rnn_backward_row, simple_rnn_row, weight_grads, weight_grads_work)
+                         pack_gate_columns, pack_transposed, packed_elements, packed_matmul, packed_size,
+                         panels_backward, position, restore_fp_mode, simple_rnn_backward_row, simple_rnn_row,
+                         weight_grads, weight_grads_work)
 
 
 cdef extern from *:
@@ -572,7 +573,7 @@ cdef void _thread(floating* typed, Shared* S, int k) noexcept nogil:
         # a = h_{t-1} @ R for the active rows, own columns (GRU reset_after=False: the z, r columns; its h gate
         # needs all of r * h_{t-1} first: a barrier, then (r * h_{t-1}) @ R_h)
         packed_matmul(<int> (hi - lo), <int> U, hcur + lo * U, U, Rp, <int> (2 * nu if reset_before else GN),
-                      hr + lo * GN, GN, isa)
+                      hr + lo * GN, GN, isa, panels_backward(s, hi - lo))
         if reset_before:
             for bb in range(lo, hi):
                 if lengths[bb] > s:
@@ -584,7 +585,8 @@ cdef void _thread(floating* typed, Shared* S, int k) noexcept nogil:
             if st == st_first:
                 t_loop = fr_now_ns()
             st = st_rest
-            packed_matmul(<int> (hi - lo), <int> U, rh + lo * U, U, Rp_h, <int> nu, hr + lo * GN + 2 * nu, GN, isa)
+            packed_matmul(<int> (hi - lo), <int> U, rh + lo * U, U, Rp_h, <int> nu, hr + lo * GN + 2 * nu, GN, isa,
+                          panels_backward(s, hi - lo))
         # the gate math of its units (fused_blas rows) -> h_t[:, u0:u1] (LSTM: and c_t), and y_t
         for bb in range(lo, hi):
             if lengths[bb] <= s:
@@ -832,7 +834,8 @@ cdef void _thread_backward(floating* typed, BackShared* S, int k) noexcept nogil
             if st == st_first:
                 t_loop = fr_now_ns()
             st = st_rest
-            packed_matmul(hi - lo, U, buf + lo * GU + 2 * U, GU, RhTp, nu, dhr + lo * nu, nu, isa)
+            packed_matmul(hi - lo, U, buf + lo * GU + 2 * U, GU, RhTp, nu, dhr + lo * nu, nu, isa,
+                          panels_backward(s, hi - lo))
             for bb in range(lo, hi):
                 if lengths[bb] <= s:
                     continue
@@ -850,7 +853,8 @@ cdef void _thread_backward(floating* typed, BackShared* S, int k) noexcept nogil
             t_loop = fr_now_ns()
         st = st_rest
         # dh_{t-1} of its units = the step's gradients @ R[own rows, :].T (reset_after=False: the z, r columns)
-        packed_matmul(hi - lo, 2 * U if reset_before else GU, buf + lo * GU, GU, RTp, nu, dhr + lo * nu, nu, isa)
+        packed_matmul(hi - lo, 2 * U if reset_before else GU, buf + lo * GU, GU, RTp, nu, dhr + lo * nu, nu, isa,
+                      panels_backward(s, hi - lo))
         for bb in range(lo, hi):
             if lengths[bb] <= s:
                 continue
@@ -1164,9 +1168,10 @@ def gru_backward(const floating[:, :, ::1] x, const floating[:, ::1] W, const fl
     return status
 
 
-def _matmul_check(const floating[:, ::1] A, const floating[:, ::1] Bm, int reps=1, int isa_level=-1):
-    """A @ Bm through the packed-panel matmul (tests and benchmarks): Bm packed once, the product run reps times.
-    Returns (C, seconds per product)."""
+def _matmul_check(const floating[:, ::1] A, const floating[:, ::1] Bm, int reps=1, int isa_level=-1,
+                  bint backward=False):
+    """A @ Bm through the packed-panel matmul (tests and benchmarks): Bm packed once, the product run reps times
+    (backward: its panels last to first). Returns (C, seconds per product)."""
     import time
     cdef Py_ssize_t M = A.shape[0], K = A.shape[1], N = Bm.shape[1]
     dtype = np.float32 if floating is float else np.float64
@@ -1180,7 +1185,7 @@ def _matmul_check(const floating[:, ::1] A, const floating[:, ::1] Bm, int reps=
     t0 = time.perf_counter()
     with nogil:
         for r in range(reps):
-            packed_matmul(<int> M, <int> K, &A[0, 0], K, Pa, <int> N, &Cv[0, 0], N, level)
+            packed_matmul(<int> M, <int> K, &A[0, 0], K, Pa, <int> N, &Cv[0, 0], N, level, backward)
     return C, (time.perf_counter() - t0) / max(reps, 1)
 
 

@@ -104,13 +104,17 @@ FR_DEFINE_BLOCK(double, fr_vd2, fr_block_f64_128)
 
 /* The whole product: panels outer (a panel stays in L1/L2 while the row blocks pass), row blocks inner.
    Register budget by LEVEL: 2 (AVX-512, 32 registers): blocks of 4 rows, GEMV split 4 ways;
-   1 (AVX2, 16 registers): 2 rows, GEMV split 2 ways; 0 (SSE2): 1 row, no split. */
+   1 (AVX2, 16 registers): 2 rows, GEMV split 2 ways; 0 (SSE2): 1 row, no split.
+   backward: the panels last to first (the same sums: each column's are in one panel). A time loop streams all
+   of R every step; where R is about the size of the L2 cache, a pass in the other direction than the previous
+   step's starts with the panels that pass left in the cache (fused_blas.panels_backward). */
 #define FR_DEFINE_MATMUL(T, BLOCK, NAME, ATTR, LEVEL)                                                       \
 ATTR static void NAME(int M, int K, const T* A, ptrdiff_t lda, const T* P, int N, T* C, ptrdiff_t ldc,     \
-                      int acc) {                                                                            \
+                      int acc, int backward) {                                                              \
     enum { NR = FR_PANEL_BYTES / sizeof(T) };                                                               \
-    int p, i, npan = (N + NR - 1) / NR;                                                                     \
-    for (p = 0; p < npan; p++) {                                                                            \
+    int q, p, i, npan = (N + NR - 1) / NR;                                                                  \
+    for (q = 0; q < npan; q++) {                                                                            \
+        p = backward ? npan - 1 - q : q;                                                                    \
         const T* Pp = P + (ptrdiff_t) p * K * NR;                                                           \
         int nc = N - p * NR < NR ? N - p * NR : NR;                                                         \
         T* Cp = C + p * NR;                                                                                 \
@@ -141,9 +145,10 @@ FR_DEFINE_MATMUL(double, fr_block_f64_128, fr_matmul_f64_base, , 0)
 #else  /* not GCC / Clang: plain loops */
 #define FR_DEFINE_PLAIN(T, NAME)                                                                            \
 static void NAME(int M, int K, const T* A, ptrdiff_t lda, const T* P, int N, T* C, ptrdiff_t ldc,         \
-                 int acc) {                                                                                 \
+                 int acc, int backward) {                                                                   \
     enum { NR = FR_PANEL_BYTES / sizeof(T) };                                                               \
     int i, j, k;                                                                                            \
+    (void) backward;                                                                                        \
     for (i = 0; i < M; i++)                                                                                 \
         for (j = 0; j < N; j++) {                                                                           \
             const T* Pp = P + (ptrdiff_t) (j / NR) * K * NR + j % NR;                                       \
@@ -179,7 +184,8 @@ static int fr_isa(void) {
     return isa < fr_isa_max ? isa : fr_isa_max;
 }
 
-/* fr_matmul_f32 / fr_matmul_f64: the product on the instruction set `isa` (fr_isa()); acc: C += instead of C =. */
+/* fr_matmul_f32 / fr_matmul_f64: the product on the instruction set `isa` (fr_isa()); acc: C += instead of C =;
+   backward: the panels last to first. */
 #if defined(FR_X86)
 #define FR_DISPATCH_ISA(NAME, ...)                                                                      \
     if (isa == 2) { NAME##_avx512(__VA_ARGS__); return; }                                                  \
@@ -189,12 +195,12 @@ static int fr_isa(void) {
 #endif
 #define FR_DEFINE_DISPATCH(T, NAME)                                                                        \
 static void NAME(int M, int K, const T* A, ptrdiff_t lda, const T* P, int N, T* C, ptrdiff_t ldc,         \
-                 int acc, int isa) {                                                                       \
+                 int acc, int backward, int isa) {                                                         \
     if (M <= 0 || N <= 0)                                                                                  \
         return;                                                                                            \
-    FR_DISPATCH_ISA(NAME, M, K, A, lda, P, N, C, ldc, acc)                                              \
+    FR_DISPATCH_ISA(NAME, M, K, A, lda, P, N, C, ldc, acc, backward)                                    \
     (void) isa;                                                                                            \
-    NAME##_base(M, K, A, lda, P, N, C, ldc, acc);                                                          \
+    NAME##_base(M, K, A, lda, P, N, C, ldc, acc, backward);                                                \
 }
 FR_DEFINE_DISPATCH(float, fr_matmul_f32)
 FR_DEFINE_DISPATCH(double, fr_matmul_f64)
