@@ -7,7 +7,7 @@ is vectorized by the compiler for the instruction set it is given, and fastrnn.k
 variant the CPU runs (kernels/cpu.pyx tells). Measured on this Zen 4, float32, one thread: the AVX-512 variant
 1.1-1.4x as fast end to end as the baseline one (LSTM 128 units batch 16: 1.38x). The variants are optional: if
 the compiler refuses a flag, that variant is left out and the next lower one is used.
-kernels/cpu.pyx is built for baseline only (it is what decides), as is kernels/page_cache.pyx (no arithmetic).
+kernels/cpu.pyx is built for baseline only (it is what decides).
 """
 import glob
 import os
@@ -52,8 +52,7 @@ def extensions():
     sources = sorted(glob.glob(os.path.join(KERNELS, "cython_*.pyx")))
     names = [os.path.splitext(os.path.basename(path))[0] for path in sources]
     out = cythonize([extension(n, p) for n, p in zip(names, sources)]
-                    + [extension("cpu", os.path.join(KERNELS, "cpu.pyx")),
-                       extension("page_cache", os.path.join(KERNELS, "page_cache.pyx"))], **common)
+                    + [extension("cpu", os.path.join(KERNELS, "cpu.pyx"))], **common)
     if _x86_gcc_like():
         for suffix, args in ISA_VARIANTS.items():
             # The same .pyx as another module name: its C file goes to a directory of its own.

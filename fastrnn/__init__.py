@@ -12,7 +12,6 @@ from .layers import (GRU, LSTM, Activation, Bidirectional, Dense, Dropout, Embed
                      LSTMCell, RecurrentLayer, RepeatVector, RNNCell, SimpleRNN)
 from . import losses, metrics, optimizers
 from .models import Sequential
-from .memory import memory_cache_info, set_memory_cache
 from .ops import available_backends, rnn_backward, rnn_forward
 from .threads import get_num_threads, set_num_threads
 
@@ -22,5 +21,5 @@ __all__ = [
     "Layer", "Input", "Dense", "Embedding", "Dropout", "Activation", "Flatten", "RepeatVector", "Bidirectional",
     "Sequential", "losses", "metrics", "optimizers",
     "rnn_forward", "rnn_backward", "available_backends", "ops", "reference", "initializers", "layers",
-    "set_num_threads", "get_num_threads", "set_memory_cache", "memory_cache_info",
+    "set_num_threads", "get_num_threads",
 ]

@@ -19,7 +19,7 @@ import numpy as np
 # already loaded, so a `threadpool_limits(1)` around the first call would otherwise miss the kernels' BLAS.
 import scipy.linalg.cython_blas  # noqa: F401
 
-from . import _checks, _column_split, kernels, memory, reference, threads
+from . import _checks, _column_split, kernels, reference, threads
 
 GATES = {"simple_rnn": 1, "lstm": 4, "gru": 3}
 N_STATES = {"simple_rnn": 1, "lstm": 2, "gru": 1}
@@ -445,13 +445,6 @@ def forward_problem(p, training, kernel, backend="auto"):
     """Run a Problem whose arguments are all checked on `kernel` (select_kernel's choice for `backend`):
     rnn_forward after make_problem, or a layer that checked its own weights once and its call's arguments now
     (fastrnn.layers). `training` must be a bool."""
-    if memory.worth_keeping(p):
-        with memory.kept():
-            return _forward(p, training, kernel, backend)
-    return _forward(p, training, kernel, backend)
-
-
-def _forward(p, training, kernel, backend):
     if kernel.name == "cython" or (backend == "auto" and kernel.name == "numba"):
         # Small batches on several threads: the column-split kernel (fastrnn._column_split) where it pays (None
         # elsewhere, or when it is not built). It is built with the Cython backend: RNNOutput.backend says so.
@@ -474,13 +467,6 @@ def rnn_backward(output, d_outputs=None, d_states=None, check_finite=True):
     if output.tape is None:
         raise ValueError("output has no saved state for backward: run rnn_forward with training=True")
     p = output.problem
-    if memory.worth_keeping(p):
-        with memory.kept():
-            return _backward(output, p, d_outputs, d_states, check_finite)
-    return _backward(output, p, d_outputs, d_states, check_finite)
-
-
-def _backward(output, p, d_outputs, d_states, check_finite):
     B, T, D, U = p.shape
     dt = p.x.dtype
     if d_outputs is None:
