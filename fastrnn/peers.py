@@ -247,10 +247,9 @@ def fastrnn_runner(backend, cell, mode, x, weights):
     when first used; ops.rnn_forward checks W and R every call, 3-8% of a call at batch 1 with 128-1024 units);
     training through ops.rnn_forward / rnn_backward (a layer's training call checks its weights again too, an
     optimizer step following it)."""
-    dy = np.ones(x.shape[:2] + (weights[1].shape[0],), x.dtype)
-
+    U = weights[1].shape[0]
     if mode == "inference":
-        layer = LAYERS[cell](weights[1].shape[0], return_sequences=True, backend=backend, dtype=x.dtype)
+        layer = LAYERS[cell](U, return_sequences=True, backend=backend, dtype=x.dtype)
         layer.set_weights(weights)
 
         def call():
@@ -259,6 +258,8 @@ def fastrnn_runner(backend, cell, mode, x, weights):
         def values(y):
             return {"y": y}
     else:
+        dy = np.ones(x.shape[:2] + (U,), x.dtype)
+
         def call():
             out = ops.rnn_forward(cell, x, weights, backend=backend, training=True)
             return out, ops.rnn_backward(out, dy)
