@@ -101,6 +101,33 @@ cdef inline int need_backward(cnp.ndarray x, cnp.ndarray W, cnp.ndarray R, Py_ss
     return tn
 
 
+cdef inline object new_packed(int tn, Py_ssize_t n, void** data):
+    """A 1-D array of n elements of type tn starting at a 64-byte boundary (a view into one a little larger), for
+    a <cell>_pack entry's packed weights; data[0] receives its start."""
+    cdef Py_ssize_t item = 4 if tn == cnp.NPY_FLOAT32 else 8
+    cdef cnp.npy_intp size = n + 64 // item
+    arr = cnp.PyArray_EMPTY(1, &size, tn, 0)
+    cdef Py_ssize_t skip = ((64 - <size_t> cnp.PyArray_DATA(arr) % 64) % 64) // item
+    view = arr[skip:skip + n]
+    data[0] = cnp.PyArray_DATA(view)
+    return view
+
+
+cdef inline void* need_packed(object packed, int tn, Py_ssize_t n) except NULL:
+    """The start of `packed`, the weights a <cell>_pack entry packed for this call's dtype and shapes: a 1-D
+    C-contiguous array of tn and n elements starting at a 64-byte boundary (a copy of it may start elsewhere:
+    its panels would be misaligned, so it is refused). Its values cannot be checked here: fastrnn.ops packs again
+    whenever the weights may have changed."""
+    if not isinstance(packed, cnp.ndarray):
+        raise TypeError(f"packed must be the array of a <cell>_pack entry or None; got {type(packed).__name__}")
+    need("packed", <cnp.ndarray> packed, tn, False, 1, n, -1, -1)
+    cdef void* data = cnp.PyArray_DATA(packed)
+    if <size_t> data % 64:
+        raise ValueError("packed must start at a 64-byte boundary, as a <cell>_pack entry makes it (a copy of "
+                         "the array may not): pack the weights again")
+    return data
+
+
 cdef enum:
     SMALL_SCRATCH = 512  # doubles: a 4 KB buffer on the caller's stack
 

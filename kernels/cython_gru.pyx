@@ -11,11 +11,12 @@ from cython cimport floating
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy, memset
 
-from array_args cimport SMALL_SCRATCH, need, need_backward, need_forward, scratch, total
+from array_args cimport (SMALL_SCRATCH, float_type, need, need_backward, need_forward, need_packed, new_packed,
+                         scratch, total)
 from fused_blas cimport (active_inputs, active_rows, column_sums, flush_denormals, fr_isa, gru_backward_row,
                          gru_gates_row, gru_reset_backward_row1, gru_reset_backward_row2, gru_row, gru_state_row,
-                         has_padding, max_length, pack_for, pack_pays_rows, pack_pays_steps,
-                         packed_elements, panels_backward, position, product, restore_fp_mode, weight_grads,
+                         has_padding, max_length, pack, pack_for, pack_pays_rows, pack_pays_steps,
+                         packed_elements, packed_size, packed_weights, panels_backward, position, product, restore_fp_mode, weight_grads,
                          weight_grads_work, zero_padding)
 
 cnp.import_array()
@@ -29,7 +30,7 @@ def gru_forward(cnp.ndarray x not None, cnp.ndarray W not None, cnp.ndarray R no
                 cnp.ndarray b_in not None, cnp.ndarray b_rec not None, cnp.ndarray h0 not None,
                 cnp.ndarray lengths not None, bint reverse, bint reset_after, bint training,
                 cnp.ndarray y not None, cnp.ndarray hT not None, cnp.ndarray ws_hprev not None,
-                cnp.ndarray ws_gates not None, cnp.ndarray ws_vh not None):
+                cnp.ndarray ws_gates not None, cnp.ndarray ws_vh not None, packed=None):
     # ndarray arguments, checked by array_args: a call costs ~0.7 us here (T=1 layer calls are ~6 us in all)
     cdef Py_ssize_t dims[4]
     cdef int tn = need_forward(x, W, R, 3, h0, lengths, y, hT, dims)
@@ -47,7 +48,7 @@ def gru_forward(cnp.ndarray x not None, cnp.ndarray W not None, cnp.ndarray R no
     # Scratch, once per call, in one block: the input projection of every step, one step's recurrent projection,
     # for reset_after=False one step's r * h_prev (zeroed: rows never written stay finite numbers), and W and R
     # packed for fused_blas.product where that pays (pack_pays; else NULL); reset_after=False: R's [z, r] columns
-    # and its h columns packed apart.
+    # and its h columns packed apart. With `packed` (gru_pack's W and R) nothing is packed here.
     cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(x)
     cdef bint pack_r = pack_pays_steps(max_length(<const int64_t*> cnp.PyArray_DATA(lengths), B), B)
     cdef Py_ssize_t sizes[6]
@@ -57,28 +58,79 @@ def gru_forward(cnp.ndarray x not None, cnp.ndarray W not None, cnp.ndarray R no
     sizes[3] = packed_elements(D, G, item) if pack_pays_rows(B * T) else 0
     sizes[4] = packed_elements(U, (3 if reset_after else 2) * U, item) if pack_r else 0
     sizes[5] = packed_elements(U, U, item) if pack_r and not reset_after else 0
+    cdef void* given = NULL
+    if packed is not None:
+        given = need_packed(packed, tn, _packed_total(D, U, reset_after, item))
+        sizes[3] = sizes[4] = sizes[5] = 0
     cdef double small[SMALL_SCRATCH]
     cdef void* work
     held = scratch(small, tn, total(sizes, 6), &work)
     if tn == cnp.NPY_FLOAT32:
-        _forward_arrays(<float*> work, sizes, x, W, R, b_in, b_rec, h0, lengths, reverse, reset_after, training,
-                        y, hT, ws_hprev, ws_gates, ws_vh, with_vh)
+        _forward_arrays(<float*> work, sizes, <float*> given, x, W, R, b_in, b_rec, h0, lengths, reverse,
+                        reset_after, training, y, hT, ws_hprev, ws_gates, ws_vh, with_vh)
     else:
-        _forward_arrays(<double*> work, sizes, x, W, R, b_in, b_rec, h0, lengths, reverse, reset_after, training,
-                        y, hT, ws_hprev, ws_gates, ws_vh, with_vh)
+        _forward_arrays(<double*> work, sizes, <double*> given, x, W, R, b_in, b_rec, h0, lengths, reverse,
+                        reset_after, training, y, hT, ws_hprev, ws_gates, ws_vh, with_vh)
 
 
-cdef void _forward_arrays(floating* xw, const Py_ssize_t* sizes, cnp.ndarray x, cnp.ndarray W, cnp.ndarray R,
-                          cnp.ndarray b_in, cnp.ndarray b_rec, cnp.ndarray h0, cnp.ndarray lengths, bint reverse,
-                          bint reset_after, bint training, cnp.ndarray y, cnp.ndarray hT, cnp.ndarray ws_hprev,
-                          cnp.ndarray ws_gates, cnp.ndarray ws_vh, bint with_vh):
+def gru_pack(cnp.ndarray W not None, cnp.ndarray R not None, bint reset_after):
+    """W (D, 3U) and R (U, 3U) packed into panels once, for gru_forward's `packed` with the same reset_after: a
+    forward given it skips its own packing (kernels/README.md, "Packed weights"). reset_after=False packs R's
+    [z, r] columns and its h columns apart, as the forward does."""
+    cdef int tn = float_type("W", W)
+    need("R", R, tn, False, 2, -1, -1, -1)
+    cdef Py_ssize_t U = R.shape[0], G = 3 * U, item = cnp.PyArray_ITEMSIZE(W)
+    need("W", W, tn, False, 2, -1, G, -1)
+    need("R", R, tn, False, 2, U, G, -1)
+    cdef Py_ssize_t D = W.shape[0], nW = packed_size(D, G, item)
+    cdef Py_ssize_t nR = packed_size(U, (3 if reset_after else 2) * U, item)
+    cdef void* data
+    out = new_packed(tn, _packed_total(D, U, reset_after, item), &data)
+    with nogil:
+        if tn == cnp.NPY_FLOAT32:
+            _pack_gru(<const float*> cnp.PyArray_DATA(W), <const float*> cnp.PyArray_DATA(R), D, U, reset_after,
+                      <float*> data, nW, nR)
+        else:
+            _pack_gru(<const double*> cnp.PyArray_DATA(W), <const double*> cnp.PyArray_DATA(R), D, U, reset_after,
+                      <double*> data, nW, nR)
+    return out
+
+
+cdef Py_ssize_t _packed_total(Py_ssize_t D, Py_ssize_t U, bint reset_after, Py_ssize_t item) noexcept nogil:
+    """Elements of gru_pack's array: W, then R whole (reset_after) or its [z, r] and h columns apart."""
+    if reset_after:
+        return packed_size(D, 3 * U, item) + packed_size(U, 3 * U, item)
+    return packed_size(D, 3 * U, item) + packed_size(U, 2 * U, item) + packed_size(U, U, item)
+
+
+cdef void _pack_gru(const floating* W, const floating* R, Py_ssize_t D, Py_ssize_t U, bint reset_after,
+                    floating* P, Py_ssize_t nW, Py_ssize_t nR) noexcept nogil:
+    """gru_pack's layout at P: W packed, then R ([z, r] columns for reset_after=False), then R's h columns."""
+    pack(W, 3 * U, D, 3 * U, P)
+    if reset_after:
+        pack(R, 3 * U, U, 3 * U, P + nW)
+    else:
+        pack(R, 3 * U, U, 2 * U, P + nW)
+        pack(R + 2 * U, 3 * U, U, U, P + nW + nR)
+
+
+cdef void _forward_arrays(floating* xw, const Py_ssize_t* sizes, floating* given, cnp.ndarray x, cnp.ndarray W,
+                          cnp.ndarray R, cnp.ndarray b_in, cnp.ndarray b_rec, cnp.ndarray h0, cnp.ndarray lengths,
+                          bint reverse, bint reset_after, bint training, cnp.ndarray y, cnp.ndarray hT,
+                          cnp.ndarray ws_hprev, cnp.ndarray ws_gates, cnp.ndarray ws_vh, bint with_vh):
     """The forward variant on the checked arrays' data; the scratch block at xw holds xw, hr, rh, W packed,
-    R packed ([z, r] columns for reset_after=False), R's h columns packed (`sizes`)."""
+    R packed ([z, r] columns for reset_after=False), R's h columns packed (`sizes`), unless `given` holds them
+    (gru_pack)."""
     cdef floating* hr = xw + sizes[0]
     cdef floating* rh = hr + sizes[1]
     cdef floating* pW = rh + sizes[2] if sizes[3] else NULL
     cdef floating* pR = rh + sizes[2] + sizes[3] if sizes[4] else NULL
     cdef floating* pRh = rh + sizes[2] + sizes[3] + sizes[4] if sizes[5] else NULL
+    cdef Py_ssize_t U_ = R.shape[0], nW_ = packed_size(x.shape[2], 3 * U_, sizeof(floating))
+    if given != NULL:
+        pW = given
+        pR = given + nW_
+        pRh = pR + packed_size(U_, (3 if reset_after else 2) * U_, sizeof(floating))
     cdef floating* ws[3]  # NULL in inference mode, where the workspaces may have size 0
     ws[0] = ws[1] = ws[2] = NULL
     if training:
@@ -101,18 +153,18 @@ cdef void _forward_arrays(floating* xw, const Py_ssize_t* sizes, cnp.ndarray x, 
         fp_mode = flush_denormals()  # fused_blas, "Denormals"
         if reset_after:
             _forward_reset_after(B, T, D, U, px, pw, pr, pb_in, pb_rec, ph0, lens, reverse, py, phT,
-                                 ws[0], ws[1], ws[2], xw, hr, pW, pR)
+                                 ws[0], ws[1], ws[2], xw, hr, pW, pR, given != NULL)
         else:
             memset(rh, 0, sizes[2] * sizeof(floating))
             _forward_reset_before(B, T, D, U, px, pw, pr, pb_in, ph0, lens, reverse, py, phT,
-                                  ws[0], ws[1], ws[2], xw, hr, rh, pW, pR, pRh)
+                                  ws[0], ws[1], ws[2], xw, hr, rh, pW, pR, pRh, given != NULL)
         restore_fp_mode(fp_mode)
 
 
 cdef void _start(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U, const floating* x, const floating* W,
                  const floating* h0, const int64_t* lengths, floating* y, floating* h,
                  floating* ws_hprev, floating* ws_gates, floating* ws_vh, floating* xw, floating* Wbuf,
-                 int isa) noexcept nogil:
+                 int isa, bint prepacked) noexcept nogil:
     """What both forward variants do before the time loop."""
     cdef const floating* Wp
     memcpy(h, h0, B * U * sizeof(floating))
@@ -124,7 +176,7 @@ cdef void _start(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U, const f
         if ws_vh != NULL:
             zero_padding(ws_vh, lengths, B, T, U)
     if max_length(lengths, B) > 0:
-        Wp = pack_for(W, 3 * U, D, 3 * U, False, Wbuf)
+        Wp = packed_weights(W, 3 * U, D, 3 * U, Wbuf, prepacked)
         product(B * T, D, x, D, W, 3 * U, False, Wp, 3 * U, xw, 3 * U, isa)
 
 
@@ -133,7 +185,8 @@ cdef void _forward_reset_after(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssiz
                                const floating* b_in, const floating* b_rec, const floating* h0,
                                const int64_t* lengths, bint reverse, floating* y, floating* h,
                                floating* ws_hprev, floating* ws_gates, floating* ws_vh,
-                               floating* xw, floating* hr, floating* Wbuf, floating* Rbuf) noexcept nogil:
+                               floating* xw, floating* hr, floating* Wbuf, floating* Rbuf, bint prepacked
+                               ) noexcept nogil:
     # The running state lives in the output hT (= h); inactive rows are not written.
     cdef Py_ssize_t s, bb, t, lo, hi, n_steps, G = 3 * U, pos
     cdef bint training = ws_hprev != NULL
@@ -144,9 +197,9 @@ cdef void _forward_reset_after(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssiz
     cdef floating* hrow
     cdef floating* yrow
 
-    _start(B, T, D, U, x, W, h0, lengths, y, h, ws_hprev, ws_gates, ws_vh, xw, Wbuf, isa)
+    _start(B, T, D, U, x, W, h0, lengths, y, h, ws_hprev, ws_gates, ws_vh, xw, Wbuf, isa, prepacked)
     n_steps = max_length(lengths, B)
-    Rp = pack_for(R, G, U, G, False, Rbuf)
+    Rp = packed_weights(R, G, U, G, Rbuf, prepacked)
     for s in range(n_steps):
         active_rows(lengths, B, s, &lo, &hi)
         # hr = h @ R (all three gates at once) for the block of rows holding the active ones
@@ -175,7 +228,7 @@ cdef void _forward_reset_before(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssi
                                 const int64_t* lengths, bint reverse, floating* y, floating* h,
                                 floating* ws_hprev, floating* ws_gates, floating* ws_vh,
                                 floating* xw, floating* hr, floating* rh, floating* Wbuf, floating* Rbuf,
-                                floating* Rhbuf) noexcept nogil:
+                                floating* Rhbuf, bint prepacked) noexcept nogil:
     # reset_after=False needs r before the h gate's matmul, so each step is: matmul (z, r columns of R),
     # pass 1 (z, r, r * h_prev), matmul (h columns of R), pass 2 (hh, new state). The column blocks of R are
     # addressed in place through BLAS leading dimensions: R[:, :2U] = (R, ld 3U), R[:, 2U:] = (R + 2U, ld 3U)
@@ -190,12 +243,12 @@ cdef void _forward_reset_before(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssi
     cdef floating* hrow
     cdef floating* yrow
 
-    _start(B, T, D, U, x, W, h0, lengths, y, h, ws_hprev, ws_gates, NULL, xw, Wbuf, isa)
+    _start(B, T, D, U, x, W, h0, lengths, y, h, ws_hprev, ws_gates, NULL, xw, Wbuf, isa, prepacked)
     if ws_vh != NULL:
         memset(ws_vh, 0, B * T * U * sizeof(floating))  # unused here; zeros rather than whatever was there
     n_steps = max_length(lengths, B)
-    Rp = pack_for(R, G, U, 2 * U, False, Rbuf)
-    Rhp = pack_for(R + 2 * U, G, U, U, False, Rhbuf)
+    Rp = packed_weights(R, G, U, 2 * U, Rbuf, prepacked)
+    Rhp = packed_weights(R + 2 * U, G, U, U, Rhbuf, prepacked)
     for s in range(n_steps):
         active_rows(lengths, B, s, &lo, &hi)
         product(hi - lo, U, h + lo * U, U, R, G, False, Rp, 2 * U, hr + lo * G, G, isa, panels_backward(s, hi - lo))

@@ -9,10 +9,12 @@ from cython cimport floating
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy
 
-from array_args cimport SMALL_SCRATCH, need, need_backward, need_forward, scratch, total
+from array_args cimport (SMALL_SCRATCH, float_type, need, need_backward, need_forward, need_packed, new_packed,
+                         scratch, total)
 from fused_blas cimport (active_inputs, active_rows, backward_scratch, column_sums, flush_denormals,
-                         forward_scratch, fr_isa, lstm_backward_row, lstm_row, max_length, pack_for,
-                         panels_backward, position, product, restore_fp_mode, weight_grads, zero_padding)
+                         forward_scratch, fr_isa, lstm_backward_row, lstm_row, max_length, pack, pack_for,
+                         packed_size, packed_weights, panels_backward, position, product, restore_fp_mode,
+                         weight_grads, zero_padding)
 
 cnp.import_array()
 
@@ -25,7 +27,7 @@ def lstm_forward(cnp.ndarray x not None, cnp.ndarray W not None, cnp.ndarray R n
                  cnp.ndarray h0 not None, cnp.ndarray c0 not None, cnp.ndarray lengths not None, bint reverse,
                  bint training, cnp.ndarray y not None, cnp.ndarray hT not None, cnp.ndarray cT not None,
                  cnp.ndarray ws_hprev not None, cnp.ndarray ws_cprev not None, cnp.ndarray ws_gates not None,
-                 cnp.ndarray ws_c not None):
+                 cnp.ndarray ws_c not None, packed=None):
     # ndarray arguments, checked by array_args: a call costs ~0.7 us here (T=1 layer calls are ~6 us in all)
     cdef Py_ssize_t dims[4]
     cdef int tn = need_forward(x, W, R, 4, h0, lengths, y, hT, dims)
@@ -38,30 +40,60 @@ def lstm_forward(cnp.ndarray x not None, cnp.ndarray W not None, cnp.ndarray R n
         need("ws_cprev", ws_cprev, tn, True, 3, B, T, U)
         need("ws_gates", ws_gates, tn, True, 3, B, T, G)
         need("ws_c", ws_c, tn, True, 3, B, T, U)
-    # Scratch, once per call, in one block (its parts: fused_blas.forward_scratch); NULL for what is not packed
+    # Scratch, once per call, in one block (its parts: fused_blas.forward_scratch); NULL for what is not packed.
+    # With `packed` (lstm_pack's W and R) nothing is packed here.
     cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(x)
     cdef Py_ssize_t n_steps = max_length(<const int64_t*> cnp.PyArray_DATA(lengths), B)
     cdef Py_ssize_t sizes[4]
     forward_scratch(sizes, B, T, D, U, G, n_steps, item)
+    cdef void* given = NULL
+    if packed is not None:
+        given = need_packed(packed, tn, packed_size(D, G, item) + packed_size(U, G, item))
+        sizes[2] = sizes[3] = 0
     cdef double small[SMALL_SCRATCH]
     cdef void* work
     held = scratch(small, tn, total(sizes, 4), &work)
     if tn == cnp.NPY_FLOAT32:
-        _forward_arrays(<float*> work, sizes, x, W, R, b, h0, c0, lengths, reverse, training, y, hT, cT,
-                        ws_hprev, ws_cprev, ws_gates, ws_c)
+        _forward_arrays(<float*> work, sizes, <float*> given, x, W, R, b, h0, c0, lengths, reverse, training, y,
+                        hT, cT, ws_hprev, ws_cprev, ws_gates, ws_c)
     else:
-        _forward_arrays(<double*> work, sizes, x, W, R, b, h0, c0, lengths, reverse, training, y, hT, cT,
-                        ws_hprev, ws_cprev, ws_gates, ws_c)
+        _forward_arrays(<double*> work, sizes, <double*> given, x, W, R, b, h0, c0, lengths, reverse, training,
+                        y, hT, cT, ws_hprev, ws_cprev, ws_gates, ws_c)
 
 
-cdef void _forward_arrays(floating* xw, const Py_ssize_t* sizes, cnp.ndarray x, cnp.ndarray W, cnp.ndarray R,
-                          cnp.ndarray b, cnp.ndarray h0, cnp.ndarray c0, cnp.ndarray lengths, bint reverse,
-                          bint training, cnp.ndarray y, cnp.ndarray hT, cnp.ndarray cT, cnp.ndarray ws_hprev,
-                          cnp.ndarray ws_cprev, cnp.ndarray ws_gates, cnp.ndarray ws_c):
-    """_forward on the checked arrays' data; the scratch block at xw holds xw, hr, W packed, R packed (`sizes`)."""
+def lstm_pack(cnp.ndarray W not None, cnp.ndarray R not None):
+    """W (D, 4U) and R (U, 4U) packed into panels once, for lstm_forward's `packed`: a forward given it skips
+    its own packing of both (kernels/README.md, "Packed weights")."""
+    cdef int tn = float_type("W", W)
+    need("R", R, tn, False, 2, -1, -1, -1)
+    cdef Py_ssize_t U = R.shape[0], G = 4 * U, item = cnp.PyArray_ITEMSIZE(W)
+    need("W", W, tn, False, 2, -1, G, -1)
+    need("R", R, tn, False, 2, U, G, -1)
+    cdef Py_ssize_t D = W.shape[0], nW = packed_size(D, G, item)
+    cdef void* data
+    out = new_packed(tn, nW + packed_size(U, G, item), &data)
+    with nogil:
+        if tn == cnp.NPY_FLOAT32:
+            pack(<const float*> cnp.PyArray_DATA(W), G, D, G, <float*> data)
+            pack(<const float*> cnp.PyArray_DATA(R), G, U, G, <float*> data + nW)
+        else:
+            pack(<const double*> cnp.PyArray_DATA(W), G, D, G, <double*> data)
+            pack(<const double*> cnp.PyArray_DATA(R), G, U, G, <double*> data + nW)
+    return out
+
+
+cdef void _forward_arrays(floating* xw, const Py_ssize_t* sizes, floating* given, cnp.ndarray x, cnp.ndarray W,
+                          cnp.ndarray R, cnp.ndarray b, cnp.ndarray h0, cnp.ndarray c0, cnp.ndarray lengths,
+                          bint reverse, bint training, cnp.ndarray y, cnp.ndarray hT, cnp.ndarray cT,
+                          cnp.ndarray ws_hprev, cnp.ndarray ws_cprev, cnp.ndarray ws_gates, cnp.ndarray ws_c):
+    """_forward on the checked arrays' data; the scratch block at xw holds xw, hr, W packed, R packed (`sizes`),
+    unless `given` holds W and R packed (lstm_pack)."""
     cdef floating* hr = xw + sizes[0]
     cdef floating* Wbuf = hr + sizes[1] if sizes[2] else NULL
     cdef floating* Rbuf = hr + sizes[1] + sizes[2] if sizes[3] else NULL
+    if given != NULL:
+        Wbuf = given
+        Rbuf = given + packed_size(x.shape[2], 4 * R.shape[0], sizeof(floating))
     cdef floating* ws[4]  # NULL in inference mode, where the workspaces may have size 0
     ws[0] = ws[1] = ws[2] = ws[3] = NULL
     if training:
@@ -77,7 +109,7 @@ cdef void _forward_arrays(floating* xw, const Py_ssize_t* sizes, cnp.ndarray x, 
                  <floating*> cnp.PyArray_DATA(h0), <floating*> cnp.PyArray_DATA(c0),
                  <const int64_t*> cnp.PyArray_DATA(lengths), reverse, <floating*> cnp.PyArray_DATA(y),
                  <floating*> cnp.PyArray_DATA(hT), <floating*> cnp.PyArray_DATA(cT), ws[0], ws[1], ws[2], ws[3],
-                 xw, hr, Wbuf, Rbuf)
+                 xw, hr, Wbuf, Rbuf, given != NULL)
         restore_fp_mode(fp_mode)
 
 
@@ -86,7 +118,7 @@ cdef void _forward(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
                    const floating* h0, const floating* c0, const int64_t* lengths, bint reverse,
                    floating* y, floating* h, floating* c,
                    floating* ws_hprev, floating* ws_cprev, floating* ws_gates, floating* ws_c,
-                   floating* xw, floating* hr, floating* Wbuf, floating* Rbuf) noexcept nogil:
+                   floating* xw, floating* hr, floating* Wbuf, floating* Rbuf, bint prepacked) noexcept nogil:
     # The ws_* are NULL in inference mode. The running states live in the outputs hT, cT (= h, c):
     # inactive rows are not written, so they end as each row's states after its own last step.
     cdef Py_ssize_t s, bb, t, j, lo, hi, n_steps, pos, G = 4 * U
@@ -112,8 +144,8 @@ cdef void _forward(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
     if n_steps == 0:
         return
 
-    Wp = pack_for(W, G, D, G, False, Wbuf)
-    Rp = pack_for(R, G, U, G, False, Rbuf)
+    Wp = packed_weights(W, G, D, G, Wbuf, prepacked)
+    Rp = packed_weights(R, G, U, G, Rbuf, prepacked)
     product(B * T, D, x, D, W, G, False, Wp, G, xw, G, isa)
 
     for s in range(n_steps):

@@ -8,10 +8,12 @@ from cython cimport floating
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy
 
-from array_args cimport SMALL_SCRATCH, need, need_backward, need_forward, scratch, total
+from array_args cimport (SMALL_SCRATCH, float_type, need, need_backward, need_forward, need_packed, new_packed,
+                         scratch, total)
 from fused_blas cimport (active_inputs, active_rows, backward_scratch, column_sums, flush_denormals,
-                         forward_scratch, fr_isa, max_length, pack_for, panels_backward, position, product,
-                         restore_fp_mode, simple_rnn_backward_row, simple_rnn_row, weight_grads, zero_padding)
+                         forward_scratch, fr_isa, max_length, pack, pack_for, packed_size, packed_weights,
+                         panels_backward, position, product, restore_fp_mode, simple_rnn_backward_row,
+                         simple_rnn_row, weight_grads, zero_padding)
 
 cnp.import_array()
 
@@ -23,7 +25,7 @@ cnp.import_array()
 def simple_rnn_forward(cnp.ndarray x not None, cnp.ndarray W not None, cnp.ndarray R not None,
                        cnp.ndarray b not None, cnp.ndarray h0 not None, cnp.ndarray lengths not None,
                        bint reverse, bint relu, bint training, cnp.ndarray y not None, cnp.ndarray hT not None,
-                       cnp.ndarray ws_hprev not None, cnp.ndarray ws_h not None):
+                       cnp.ndarray ws_hprev not None, cnp.ndarray ws_h not None, packed=None):
     # ndarray arguments, checked by array_args: a call costs ~0.7 us here (T=1 layer calls are ~6 us in all)
     cdef Py_ssize_t dims[4]
     cdef int tn = need_forward(x, W, R, 1, h0, lengths, y, hT, dims)
@@ -32,29 +34,60 @@ def simple_rnn_forward(cnp.ndarray x not None, cnp.ndarray W not None, cnp.ndarr
     if training:  # else ignored (the contract: they may have size 0)
         need("ws_hprev", ws_hprev, tn, True, 3, B, T, U)
         need("ws_h", ws_h, tn, True, 3, B, T, U)
-    # Scratch, once per call, in one block (its parts: fused_blas.forward_scratch); NULL for what is not packed
+    # Scratch, once per call, in one block (its parts: fused_blas.forward_scratch); NULL for what is not packed.
+    # With `packed` (simple_rnn_pack's W and R) nothing is packed here.
     cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(x)
     cdef Py_ssize_t n_steps = max_length(<const int64_t*> cnp.PyArray_DATA(lengths), B)
     cdef Py_ssize_t sizes[4]
     forward_scratch(sizes, B, T, D, U, U, n_steps, item)
+    cdef void* given = NULL
+    if packed is not None:
+        given = need_packed(packed, tn, packed_size(D, U, item) + packed_size(U, U, item))
+        sizes[2] = sizes[3] = 0
     cdef double small[SMALL_SCRATCH]
     cdef void* work
     held = scratch(small, tn, total(sizes, 4), &work)
     if tn == cnp.NPY_FLOAT32:
-        _forward_arrays(<float*> work, sizes, x, W, R, b, h0, lengths, reverse, relu, training, y, hT, ws_hprev,
-                        ws_h)
+        _forward_arrays(<float*> work, sizes, <float*> given, x, W, R, b, h0, lengths, reverse, relu, training, y,
+                        hT, ws_hprev, ws_h)
     else:
-        _forward_arrays(<double*> work, sizes, x, W, R, b, h0, lengths, reverse, relu, training, y, hT, ws_hprev,
-                        ws_h)
+        _forward_arrays(<double*> work, sizes, <double*> given, x, W, R, b, h0, lengths, reverse, relu, training,
+                        y, hT, ws_hprev, ws_h)
 
 
-cdef void _forward_arrays(floating* xw, const Py_ssize_t* sizes, cnp.ndarray x, cnp.ndarray W, cnp.ndarray R,
-                          cnp.ndarray b, cnp.ndarray h0, cnp.ndarray lengths, bint reverse, bint relu,
-                          bint training, cnp.ndarray y, cnp.ndarray hT, cnp.ndarray ws_hprev, cnp.ndarray ws_h):
-    """_forward on the checked arrays' data; the scratch block at xw holds xw, hr, W packed, R packed (`sizes`)."""
+def simple_rnn_pack(cnp.ndarray W not None, cnp.ndarray R not None):
+    """W (D, U) and R (U, U) packed into panels once, for simple_rnn_forward's `packed`: a forward given it skips
+    its own packing of both (kernels/README.md, "Packed weights")."""
+    cdef int tn = float_type("W", W)
+    need("R", R, tn, False, 2, -1, -1, -1)
+    cdef Py_ssize_t U = R.shape[0], item = cnp.PyArray_ITEMSIZE(W)
+    need("W", W, tn, False, 2, -1, U, -1)
+    need("R", R, tn, False, 2, U, U, -1)
+    cdef Py_ssize_t D = W.shape[0], nW = packed_size(D, U, item)
+    cdef void* data
+    out = new_packed(tn, nW + packed_size(U, U, item), &data)
+    with nogil:
+        if tn == cnp.NPY_FLOAT32:
+            pack(<const float*> cnp.PyArray_DATA(W), U, D, U, <float*> data)
+            pack(<const float*> cnp.PyArray_DATA(R), U, U, U, <float*> data + nW)
+        else:
+            pack(<const double*> cnp.PyArray_DATA(W), U, D, U, <double*> data)
+            pack(<const double*> cnp.PyArray_DATA(R), U, U, U, <double*> data + nW)
+    return out
+
+
+cdef void _forward_arrays(floating* xw, const Py_ssize_t* sizes, floating* given, cnp.ndarray x, cnp.ndarray W,
+                          cnp.ndarray R, cnp.ndarray b, cnp.ndarray h0, cnp.ndarray lengths, bint reverse,
+                          bint relu, bint training, cnp.ndarray y, cnp.ndarray hT, cnp.ndarray ws_hprev,
+                          cnp.ndarray ws_h):
+    """_forward on the checked arrays' data; the scratch block at xw holds xw, hr, W packed, R packed (`sizes`),
+    unless `given` holds W and R packed (simple_rnn_pack)."""
     cdef floating* hr = xw + sizes[0]
     cdef floating* Wbuf = hr + sizes[1] if sizes[2] else NULL
     cdef floating* Rbuf = hr + sizes[1] + sizes[2] if sizes[3] else NULL
+    if given != NULL:
+        Wbuf = given
+        Rbuf = given + packed_size(x.shape[2], R.shape[0], sizeof(floating))
     cdef floating* p_hprev = NULL  # NULL in inference mode, where the workspaces may have size 0
     cdef floating* p_h = NULL
     if training:
@@ -67,7 +100,7 @@ cdef void _forward_arrays(floating* xw, const Py_ssize_t* sizes, cnp.ndarray x, 
                  <floating*> cnp.PyArray_DATA(W), <floating*> cnp.PyArray_DATA(R), <floating*> cnp.PyArray_DATA(b),
                  <floating*> cnp.PyArray_DATA(h0), <const int64_t*> cnp.PyArray_DATA(lengths), reverse, relu,
                  <floating*> cnp.PyArray_DATA(y), <floating*> cnp.PyArray_DATA(hT), p_hprev, p_h, xw, hr, Wbuf,
-                 Rbuf)
+                 Rbuf, given != NULL)
         restore_fp_mode(fp_mode)
 
 
@@ -75,7 +108,7 @@ cdef void _forward(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
                    const floating* x, const floating* W, const floating* R, const floating* bias,
                    const floating* h0, const int64_t* lengths, bint reverse, bint relu,
                    floating* y, floating* h, floating* ws_hprev, floating* ws_h,
-                   floating* xw, floating* hr, floating* Wbuf, floating* Rbuf) noexcept nogil:
+                   floating* xw, floating* hr, floating* Wbuf, floating* Rbuf, bint prepacked) noexcept nogil:
     # ws_hprev is NULL in inference mode. The running state lives in the output hT (= h): rows that are
     # inactive are simply not written, so it ends as each row's state after its own last step.
     cdef Py_ssize_t s, bb, t, j, lo, hi, n_steps, pos
@@ -95,8 +128,8 @@ cdef void _forward(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
     if n_steps == 0:
         return
 
-    Wp = pack_for(W, U, D, U, False, Wbuf)
-    Rp = pack_for(R, U, U, U, False, Rbuf)
+    Wp = packed_weights(W, U, D, U, Wbuf, prepacked)
+    Rp = packed_weights(R, U, U, U, Rbuf, prepacked)
     product(B * T, D, x, D, W, U, False, Wp, U, xw, U, isa)
 
     for s in range(n_steps):

@@ -45,10 +45,13 @@ split by units in the same way, then shares the products over all positions ("Ba
 Entry points mirror the kernel contract (kernels/README.md), plus n_threads and stats; the forward takes the
 workspaces as a tuple (None: inference), without the `training` flag:
 
-    simple_rnn_forward(x, W, R, b, h0, lengths, reverse, relu, y, hT, n_threads, stats=None, workspaces=None)
-    lstm_forward(x, W, R, b, h0, c0, lengths, reverse, y, hT, cT, n_threads, stats=None, workspaces=None)
+    simple_rnn_forward(x, W, R, b, h0, lengths, reverse, relu, y, hT, n_threads, stats=None, workspaces=None,
+                       packed=None)
+    lstm_forward(x, W, R, b, h0, c0, lengths, reverse, y, hT, cT, n_threads, stats=None, workspaces=None,
+                 packed=None)
     gru_forward(x, W, R, b_in, b_rec, h0, lengths, reverse, reset_after, y, hT, n_threads, stats=None,
-                workspaces=None)
+                workspaces=None, packed=None)
+    pack_split(W, R, n_threads, reset_before=False)   # `packed` for forward calls on n_threads threads
     simple_rnn_backward(x, W, R, lengths, reverse, relu, ws_hprev, ws_h, dy, dhT, dx, dh0, dW, dR, db,
                         n_threads, stats=None)
     lstm_backward(x, W, R, lengths, reverse, ws_hprev, ws_cprev, ws_gates, ws_c, dy, dhT, dcT,
@@ -374,6 +377,8 @@ cdef struct Shared:
     char* scratch          # n regions of `stride` bytes, 64-byte aligned
     Py_ssize_t stride
     Py_ssize_t n_panel_W, n_panel_R  # elements of the packed W and R of the widest thread
+    const char* packed     # NULL, or the threads' W and R packed before the call (_pack_split): thread k's at
+    Py_ssize_t packed_stride  # packed + k * packed_stride, R's _round64(n_panel_W * item) bytes after W's
     unsigned int* prep     # (n,): thread k's preparation (_prepare): 0 free, 1 claimed, 2 done
     long long* stats       # (n, 2 * FR_NSTAT): per thread, fr_barrier_wait's counters after the first wait ([5]:
                            # ns from the first wait's end to the loop's end), and of the first wait ([0]: the
@@ -469,6 +474,9 @@ cdef void _prepare(floating* typed, Shared* S, int k) noexcept nogil:
     cdef floating* Rp = <floating*> (mine + off[1])
     cdef floating* xw = <floating*> (mine + off[2])
     cdef floating* bi = <floating*> (mine + off[4])
+    if S.packed != NULL:
+        Wp = <floating*> (S.packed + k * S.packed_stride)
+        Rp = <floating*> (S.packed + k * S.packed_stride + (off[1] - off[0]))
     cdef floating* br = <floating*> (mine + off[5])
     cdef const floating* b_in = <const floating*> S.b_in
     cdef const floating* b_rec = <const floating*> S.b_rec
@@ -476,13 +484,9 @@ cdef void _prepare(floating* typed, Shared* S, int k) noexcept nogil:
     cdef floating* cT = <floating*> S.cT
     cdef const int64_t* lengths = S.lengths
 
-    pack_gate_columns(<const floating*> S.W, G * U, D, U, u0, nu, 0, G, Wp, True)
-    if S.cell == GRU and not S.reset_after:
-        pack_gate_columns(<const floating*> S.R, G * U, U, U, u0, nu, 0, 2, Rp, True)
-        pack_gate_columns(<const floating*> S.R, G * U, U, U, u0, nu, 2, 1,
-                          Rp + packed_size(U, 2 * nu, sizeof(floating)), True)
-    else:
-        pack_gate_columns(<const floating*> S.R, G * U, U, U, u0, nu, 0, G, Rp, True)
+    if S.packed == NULL:
+        _pack_share(<const floating*> S.W, <const floating*> S.R, S.cell == GRU and not S.reset_after, D, U, G,
+                    u0, nu, Wp, Rp)
     for g in range(G):
         for j in range(nu):
             bi[g * nu + j] = b_in[g * U + u0 + j]
@@ -501,6 +505,18 @@ cdef void _prepare(floating* typed, Shared* S, int k) noexcept nogil:
             memcpy(cT + bb * U + u0, <const floating*> S.c0 + bb * U + u0, nu * sizeof(floating))
     if max_length(lengths, B) > 0:
         packed_matmul(<int> (B * T), <int> D, <const floating*> S.x, D, Wp, <int> GN, xw, GN, S.isa)
+
+
+cdef void _pack_share(const floating* W, const floating* R, bint reset_before, Py_ssize_t D, Py_ssize_t U,
+                      Py_ssize_t G, Py_ssize_t u0, Py_ssize_t nu, floating* Wp, floating* Rp) noexcept nogil:
+    """A thread's columns of W and R (units [u0, u0 + nu) of every gate) packed at Wp and Rp (GRU reset_after=False:
+    the z, r columns, then the h columns)."""
+    pack_gate_columns(W, G * U, D, U, u0, nu, 0, G, Wp, True)
+    if reset_before:
+        pack_gate_columns(R, G * U, U, U, u0, nu, 0, 2, Rp, True)
+        pack_gate_columns(R, G * U, U, U, u0, nu, 2, 1, Rp + packed_size(U, 2 * nu, sizeof(floating)), True)
+    else:
+        pack_gate_columns(R, G * U, U, U, u0, nu, 0, G, Rp, True)
 
 
 cdef void _prepare_f32(void* ctx, int k) noexcept nogil:
@@ -534,6 +550,8 @@ cdef void _thread(floating* typed, Shared* S, int k) noexcept nogil:
     cdef floating* hr = <floating*> (mine + off[3])
     cdef floating* bi = <floating*> (mine + off[4])
     cdef floating* br = <floating*> (mine + off[5])
+    if S.packed != NULL:
+        Rp = <floating*> (S.packed + k * S.packed_stride + (off[1] - off[0]))
     cdef floating* Rp_h = Rp + packed_size(U, 2 * nu, sizeof(floating))   # reset_before: the h gate's columns
     cdef Py_ssize_t GU = G * U
     cdef bint training = S.ws[0] != NULL
@@ -944,24 +962,96 @@ def set_isa_cap(int level):
     return fr_set_isa_cap(level)
 
 
+cdef int _split_panels(Py_ssize_t D, Py_ssize_t U, Py_ssize_t G, bint reset_before, int n_threads,
+                       Py_ssize_t item, Py_ssize_t* sizes) except -1:
+    """For a call on n_threads threads: sizes receives the elements of the widest thread's packed W and R, and
+    the bytes of one thread's region of pack_split's array; returns the number of threads (split_units)."""
+    bounds = split_units(U, n_threads, item)
+    cdef Py_ssize_t k, nu_max = 0
+    for k in range(len(bounds) - 1):
+        nu_max = max(nu_max, bounds[k + 1] - bounds[k])
+    sizes[0] = packed_size(D, G * nu_max, item)
+    sizes[1] = (packed_size(U, 2 * nu_max, item) + packed_size(U, nu_max, item) if reset_before
+                else packed_size(U, G * nu_max, item))
+    sizes[2] = _round64(sizes[0] * item) + _round64(sizes[1] * item)
+    return len(bounds) - 1
+
+
+cdef enum:
+    PACKED_HEADER = 64     # bytes before pack_split's regions: int64 PACKED_MAGIC, threads, D, U, G, reset_before,
+    PACKED_MAGIC = 0x66725370  # itemsize
+
+
+def pack_split(const floating[:, ::1] W, const floating[:, ::1] R, int n_threads, bint reset_before=False):
+    """W (D, G*U) and R (U, G*U) packed once for forward calls on n_threads threads (each thread's columns,
+    split_units), for the forward entries' `packed`: such a call packs nothing itself (kernels/README.md, "Packed
+    weights"). A uint8 array starting at a 64-byte boundary: a header (threads, shapes, dtype: checked by the
+    call), then one region per thread. reset_before: GRU with reset_after=False (R's h columns packed apart)."""
+    cdef Py_ssize_t U = R.shape[0], D = W.shape[0], item = sizeof(floating)
+    if U < 1 or R.shape[1] % U or W.shape[1] != R.shape[1]:
+        raise ValueError(f"W and R must be (D, G*U) and (U, G*U); got shapes {tuple(W.shape)[:2]} and "
+                         f"{tuple(R.shape)[:2]}")
+    cdef Py_ssize_t G = R.shape[1] // U
+    cdef Py_ssize_t sizes[3]
+    cdef int n = _split_panels(D, U, G, reset_before, max(1, n_threads), item, sizes)
+    bounds = split_units(U, max(1, n_threads), item)
+    raw = np.zeros(PACKED_HEADER + n * sizes[2] + 64, np.uint8)
+    cdef Py_ssize_t skip = (64 - <uintptr_t> raw.ctypes.data % 64) % 64
+    out = raw[skip:skip + PACKED_HEADER + n * sizes[2]]
+    out[:PACKED_HEADER].view(np.int64)[:7] = (PACKED_MAGIC, n, D, U, G, reset_before, item)
+    cdef char* base = <char*> <uintptr_t> out.ctypes.data + PACKED_HEADER
+    cdef int k
+    cdef Py_ssize_t u0, nu
+    for k in range(n):
+        u0, nu = bounds[k], bounds[k + 1] - bounds[k]
+        with nogil:
+            _pack_share(&W[0, 0], &R[0, 0], reset_before, D, U, G, u0, nu, <floating*> (base + k * sizes[2]),
+                        <floating*> (base + k * sizes[2] + _round64(sizes[0] * item)))
+    return out
+
+
+cdef const char* _packed_regions(packed, int n, Py_ssize_t D, Py_ssize_t U, Py_ssize_t G, bint reset_before,
+                                 Py_ssize_t item, Py_ssize_t stride) except NULL:
+    """The regions of `packed` (pack_split's array), checked against the call: its header, size and alignment."""
+    if not isinstance(packed, np.ndarray) or packed.dtype != np.uint8 or packed.ndim != 1 \
+            or not packed.flags.c_contiguous:
+        raise TypeError(f"packed must be pack_split's array or None; got {type(packed).__name__}")
+    header = tuple(packed[:PACKED_HEADER].view(np.int64)[:7].tolist()) if packed.size >= PACKED_HEADER else ()
+    if header[:1] != (PACKED_MAGIC,):
+        raise ValueError("packed must be pack_split's array; its header is missing")
+    if header != (PACKED_MAGIC, n, D, U, G, reset_before, item):
+        raise ValueError(f"packed was made for (threads, D, U, gates, reset_before, itemsize) = {header[1:]}; this "
+                         f"call has {(n, D, U, G, int(reset_before), item)}")
+    if packed.size != PACKED_HEADER + n * stride or packed.ctypes.data % 64:
+        raise ValueError("packed must be pack_split's array as it made it (a copy may start off a 64-byte "
+                         "boundary): pack the weights again")
+    return <const char*> <uintptr_t> packed.ctypes.data + PACKED_HEADER
+
+
 cdef object _run(int cell, const floating[:, :, ::1] x, const floating[:, ::1] W, const floating[:, ::1] R,
                  const floating* b_in, const floating* b_rec, const floating[:, ::1] h0, const floating* c0,
                  const int64_t[::1] lengths, bint reverse, bint relu, bint reset_after,
-                 floating[:, :, ::1] y, floating[:, ::1] hT, floating* cT, int n_threads, stats, workspaces):
+                 floating[:, :, ::1] y, floating[:, ::1] hT, floating* cT, int n_threads, stats, workspaces,
+                 packed=None):
     cdef Shared S
     cdef Py_ssize_t B = x.shape[0], T = x.shape[1], D = x.shape[2], U = R.shape[0]
-    cdef Py_ssize_t G = R.shape[1] // U, k, nu_max = 0, item = sizeof(floating)
+    cdef Py_ssize_t G = R.shape[1] // U, k, item = sizeof(floating)
     cdef Py_ssize_t off[6]
+    cdef Py_ssize_t sizes[3]
     dtype = np.float32 if floating is float else np.float64
     bounds = split_units(U, n_threads, item)
-    cdef int n = len(bounds) - 1
+    cdef bint reset_before = cell == GRU and not reset_after
+    cdef int n = _split_panels(D, U, G, reset_before, n_threads, item, sizes)
     cdef Py_ssize_t[::1] ub = np.asarray(bounds, np.intp)
+    cdef Py_ssize_t nu_max = 0
     for k in range(n):
         nu_max = max(nu_max, bounds[k + 1] - bounds[k])
-    cdef bint reset_before = cell == GRU and not reset_after
-    S.n_panel_W = packed_size(D, G * nu_max, item)
-    S.n_panel_R = (packed_size(U, 2 * nu_max, item) + packed_size(U, nu_max, item) if reset_before
-                   else packed_size(U, G * nu_max, item))
+    S.n_panel_W = sizes[0]
+    S.n_panel_R = sizes[1]
+    S.packed = NULL
+    S.packed_stride = sizes[2]
+    if packed is not None:
+        S.packed = _packed_regions(packed, n, D, U, G, reset_before, item, sizes[2])
     S.B, S.T = B, T
     S.stride = _scratch_offsets(&S, item, G * nu_max, off)
     S.stride = (S.stride + 4095) // 4096 * 4096 + 64 * 3  # regions of different threads share no page
@@ -1019,26 +1109,26 @@ def _put_stats(stats, st, n, bounds):
 def simple_rnn_forward(const floating[:, :, ::1] x, const floating[:, ::1] W, const floating[:, ::1] R,
                        const floating[::1] b, const floating[:, ::1] h0, const int64_t[::1] lengths,
                        bint reverse, bint relu, floating[:, :, ::1] y, floating[:, ::1] hT, int n_threads,
-                       stats=None, workspaces=None):
+                       stats=None, workspaces=None, packed=None):
     return _run(SIMPLE, x, W, R, &b[0], <const floating*> NULL, h0, <const floating*> NULL, lengths, reverse, relu,
-                False, y, hT, <floating*> NULL, n_threads, stats, workspaces)
+                False, y, hT, <floating*> NULL, n_threads, stats, workspaces, packed)
 
 
 def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] W, const floating[:, ::1] R,
                  const floating[::1] b, const floating[:, ::1] h0, const floating[:, ::1] c0,
                  const int64_t[::1] lengths, bint reverse, floating[:, :, ::1] y, floating[:, ::1] hT,
-                 floating[:, ::1] cT, int n_threads, stats=None, workspaces=None):
+                 floating[:, ::1] cT, int n_threads, stats=None, workspaces=None, packed=None):
     return _run(LSTM, x, W, R, &b[0], <const floating*> NULL, h0, &c0[0, 0], lengths, reverse, False, False,
-                y, hT, &cT[0, 0], n_threads, stats, workspaces)
+                y, hT, &cT[0, 0], n_threads, stats, workspaces, packed)
 
 
 def gru_forward(const floating[:, :, ::1] x, const floating[:, ::1] W, const floating[:, ::1] R,
                 const floating[::1] b_in, const floating[::1] b_rec, const floating[:, ::1] h0,
                 const int64_t[::1] lengths, bint reverse, bint reset_after, floating[:, :, ::1] y,
-                floating[:, ::1] hT, int n_threads, stats=None, workspaces=None):
+                floating[:, ::1] hT, int n_threads, stats=None, workspaces=None, packed=None):
     return _run(GRU, x, W, R, &b_in[0], &b_rec[0] if reset_after else <const floating*> NULL, h0,
                 <const floating*> NULL, lengths, reverse, False, reset_after, y, hT, <floating*> NULL, n_threads,
-                stats, workspaces)
+                stats, workspaces, packed)
 
 
 def split_rows(Py_ssize_t D, Py_ssize_t U, int n):

@@ -332,6 +332,15 @@ cdef inline floating* pack_for(const floating* B, Py_ssize_t ldb, Py_ssize_t K, 
     return P
 
 
+cdef inline const floating* packed_weights(const floating* src, Py_ssize_t ld, Py_ssize_t K, Py_ssize_t N,
+                                         floating* buffer, bint prepacked) noexcept nogil:
+    """pack_for(src, ld, K, N, False, buffer) or, when `prepacked`, buffer itself: src packed once before, by a
+    <cell>_pack entry, into an array starting at a 64-byte boundary (kernels/README.md, "Packed weights")."""
+    if prepacked:
+        return buffer
+    return pack_for(src, ld, K, N, False, buffer)
+
+
 cdef inline void product(Py_ssize_t M, Py_ssize_t K, const floating* A, Py_ssize_t lda, const floating* B,
                          Py_ssize_t ldb, bint transposed, const floating* P, Py_ssize_t N, floating* C,
                          Py_ssize_t ldc, int isa, bint backward=False) noexcept nogil:
