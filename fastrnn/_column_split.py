@@ -255,17 +255,24 @@ def backward(p, ws, dy, d_states, n_threads, stats=None):
     return dx, d_init, dW, dR, db
 
 
+def pack(cell, W, R, n_threads, reset_after=True):
+    """W and R packed once for forward calls on n_threads threads (the kernel's pack_split): what
+    ops.PackedWeights.for_threads holds for a frozen layer."""
+    return _kernel().pack_split(W, R, n_threads, cell == "gru" and not reset_after)
+
+
 def _run(mod, p, y, finals, n, st, ws=None):
     h0 = p.initial_states[0]
+    packed = p.packed.for_threads(n) if p.packed is not None else None
     if p.cell == "simple_rnn":
         return mod.simple_rnn_forward(p.x, p.W, p.R, p.b, h0, p.lengths, p.reverse, p.activation == "relu",
-                                      y, finals[0], n, st, ws)
+                                      y, finals[0], n, st, ws, packed)
     if p.cell == "lstm":
         return mod.lstm_forward(p.x, p.W, p.R, p.b, h0, p.initial_states[1], p.lengths, p.reverse,
-                                y, finals[0], finals[1], n, st, ws)
+                                y, finals[0], finals[1], n, st, ws, packed)
     b_in, b_rec = (p.b[0], p.b[1]) if p.reset_after else (p.b, p.b)  # b_rec unused without reset_after
     return mod.gru_forward(p.x, p.W, p.R, b_in, b_rec, h0, p.lengths, p.reverse, p.reset_after, y, finals[0], n, st,
-                           ws)
+                           ws, packed)
 
 
 def _note_contention(st, seconds):

@@ -123,6 +123,21 @@ class Sequential:
 
     reset_state = reset_states  # Keras 3 name
 
+    def freeze(self):
+        """Freeze every recurrent layer for inference (RecurrentLayer.freeze: read-only weights, W and R packed
+        once); fit / train_on_batch raise until unfreeze(). Returns the model."""
+        self._require_built("freeze")
+        for layer in self.layers:
+            if hasattr(layer, "freeze"):
+                layer.freeze()
+        return self
+
+    def unfreeze(self):
+        for layer in self.layers:
+            if hasattr(layer, "unfreeze"):
+                layer.unfreeze()
+        return self
+
     def _require_built(self, what):
         if not self.built:
             if self._batch_input_shape() is not None:

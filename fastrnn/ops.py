@@ -51,6 +51,9 @@ class Problem:
     reverse: bool
     activation: str
     reset_after: bool
+    # PackedWeights of W and R (a frozen layer's), or None: the kernels pack them on every call where that pays.
+    # Only for W and R exactly as they are here: nothing can tell a stale copy.
+    packed: object = None
 
     @property
     def shape(self):
@@ -163,14 +166,16 @@ class CompiledKernel:
         else:
             ws = _NO_WORKSPACE[dt][p.cell]  # ignored in inference (kernels/README.md): one shared empty array
         bounds = self.blocks(p, 1)
+        packed = p.packed.whole if (p.packed is not None and self.name == "cython") else None
         if bounds is None:  # the whole batch on this thread: no closure, no handoff (a T=1 call costs ~10 us)
-            _kernel_forward(mod, p, training, p.x, p.lengths, p.initial_states, (y, *finals), ws)
+            _kernel_forward(mod, p, training, p.x, p.lengths, p.initial_states, (y, *finals), ws, packed)
         else:
             def run(k):
                 # Rows r of every batch-major array are a kernel problem of their own (kernels/README.md).
                 r = slice(bounds[k], bounds[k + 1])
                 _kernel_forward(mod, p, training, p.x[r], p.lengths[r], tuple(s[r] for s in p.initial_states),
-                                tuple(a[r] for a in (y, *finals)), tuple(a[r] for a in ws) if training else ws)
+                                tuple(a[r] for a in (y, *finals)), tuple(a[r] for a in ws) if training else ws,
+                                packed)
 
             threads.run_blocks(run, len(bounds) - 1)
         return y, finals, (ws if training else None)
@@ -225,16 +230,53 @@ def training_workspaces(cell, B, T, U, dtype):
     return tuple(views)
 
 
-def _kernel_forward(mod, p, training, x, lengths, states, out, ws):
-    """One forward kernel call of problem p on rows given by x, lengths, states, out (y and finals) and ws."""
+def _kernel_forward(mod, p, training, x, lengths, states, out, ws, packed=None):
+    """One forward kernel call of problem p on rows given by x, lengths, states, out (y and finals) and ws;
+    packed: PackedWeights.whole for a Cython module, else None (Numba's kernels take no such argument)."""
     if p.cell == "lstm":
-        mod.lstm_forward(x, p.W, p.R, p.b, states[0], states[1], lengths, p.reverse, training, *out, *ws)
+        args = (x, p.W, p.R, p.b, states[0], states[1], lengths, p.reverse, training, *out, *ws)
+        if packed is None:
+            mod.lstm_forward(*args)
+        else:
+            mod.lstm_forward(*args, packed)
     elif p.cell == "simple_rnn":
-        mod.simple_rnn_forward(x, p.W, p.R, p.b, states[0], lengths, p.reverse, p.activation == "relu", training,
-                               *out, *ws)
+        args = (x, p.W, p.R, p.b, states[0], lengths, p.reverse, p.activation == "relu", training, *out, *ws)
+        if packed is None:
+            mod.simple_rnn_forward(*args)
+        else:
+            mod.simple_rnn_forward(*args, packed)
     else:
         b_in, b_rec = (p.b[0], p.b[1]) if p.reset_after else (p.b, np.zeros_like(p.b))
-        mod.gru_forward(x, p.W, p.R, b_in, b_rec, states[0], lengths, p.reverse, p.reset_after, training, *out, *ws)
+        args = (x, p.W, p.R, b_in, b_rec, states[0], lengths, p.reverse, p.reset_after, training, *out, *ws)
+        if packed is None:
+            mod.gru_forward(*args)
+        else:
+            mod.gru_forward(*args, packed)
+
+
+class PackedWeights:
+    """W and R, as check_weights returned them, packed once for the Cython kernels: Problem.packed of inference
+    calls on weights that stay as they are (a frozen layer's), which then skip the kernels' own packing of W and R
+    on every call (kernels/README.md, "Packed weights"). `whole`: for the whole-batch kernel (None where it is not
+    built); for_threads(n): for the column-split kernel on n threads, packed at its first use."""
+
+    def __init__(self, cell, W, R, reset_after=True):
+        self.cell, self.W, self.R, self.reset_after = cell, W, R, reset_after
+        kernel = KERNELS[(cell, "cython", W.dtype)]
+        mod = kernel._module or kernel._load()
+        if mod is None:
+            self.whole = None
+        elif cell == "gru":
+            self.whole = mod.gru_pack(W, R, reset_after)
+        else:
+            self.whole = getattr(mod, cell + "_pack")(W, R)
+        self._split = {}
+
+    def for_threads(self, n):
+        packed = self._split.get(n)
+        if packed is None:  # (two threads may both pack it the first time: equal arrays, either is kept)
+            packed = self._split[n] = _column_split.pack(self.cell, self.W, self.R, n, self.reset_after)
+        return packed
 
 
 def _kernel_backward(mod, p, x, lengths, ws, grads, out):

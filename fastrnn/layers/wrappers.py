@@ -123,6 +123,25 @@ class Bidirectional(Layer):
         self.backward_layer._apply_weights(*bwd)
         self.built = True
 
+    # -- inference with packed weights ---------------------------------------------------------------------------
+    @property
+    def frozen(self):
+        return self.forward_layer.frozen and self.backward_layer.frozen
+
+    def freeze(self):
+        """Both halves frozen for inference (RecurrentLayer.freeze). Returns the layer."""
+        if not self.built:
+            raise ValueError(f"{self.name}: freeze needs a built layer; call it on data, build(input_shape) or "
+                             "set_weights first")
+        self.forward_layer.freeze()
+        self.backward_layer.freeze()
+        return self
+
+    def unfreeze(self):
+        self.forward_layer.unfreeze()
+        self.backward_layer.unfreeze()
+        return self
+
     def count_params(self):
         if not self.built:
             raise ValueError(f"{self.name}: count_params needs a built layer; call it on data or build(input_shape)")
