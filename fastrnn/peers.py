@@ -243,14 +243,16 @@ class Runner:
 
 
 def fastrnn_runner(backend, cell, mode, x, weights):
-    """Inference through a layer holding the weights (what a service calls: x is checked every call, the weights
-    when first used; ops.rnn_forward checks W and R every call, 3-8% of a call at batch 1 with 128-1024 units);
-    training through ops.rnn_forward / rnn_backward (a layer's training call checks its weights again too, an
-    optimizer step following it)."""
+    """Inference through a frozen layer holding the weights (what a service calls: x is checked every call, the
+    weights when set; ops.rnn_forward checks W and R every call, 3-8% of a call at batch 1 with 128-1024 units; and
+    W and R packed once, as ONNX Runtime's session prepacks them, where the kernels would pack them every call:
+    4-22% of a call at batch 1); training through ops.rnn_forward / rnn_backward (a layer's training call checks
+    its weights again too, an optimizer step following it)."""
     U = weights[1].shape[0]
     if mode == "inference":
         layer = LAYERS[cell](U, return_sequences=True, backend=backend, dtype=x.dtype)
         layer.set_weights(weights)
+        layer.freeze()
 
         def call():
             return layer(x)
