@@ -130,6 +130,7 @@ cdef inline void* need_packed(object packed, int tn, Py_ssize_t n) except NULL:
 
 cdef enum:
     SMALL_SCRATCH = 512  # doubles: a 4 KB buffer on the caller's stack
+    KEEP_SCRATCH_BYTES = 8 << 20  # fastrnn.kernels.KEEP_SCRATCH_BYTES
 
 
 cdef inline Py_ssize_t total(const Py_ssize_t* sizes, int parts) noexcept nogil:
@@ -143,10 +144,17 @@ cdef inline Py_ssize_t total(const Py_ssize_t* sizes, int parts) noexcept nogil:
 
 cdef inline object scratch(double* small, int tn, Py_ssize_t n, void** data):
     """Room for n elements of type tn at data[0]: `small` (SMALL_SCRATCH doubles on the caller's stack) when they
-    fit, else a new array (numpy's allocator: huge pages for large blocks), returned for the caller to hold."""
-    if n * (4 if tn == cnp.NPY_FLOAT32 else 8) <= <Py_ssize_t> (SMALL_SCRATCH * sizeof(double)):
+    fit, else a new array (numpy's allocator: huge pages for large blocks), or from KEEP_SCRATCH_BYTES this
+    thread's kept block (fastrnn.kernels.kept_scratch: no page faults), returned for the caller to hold."""
+    cdef Py_ssize_t nbytes = n * (4 if tn == cnp.NPY_FLOAT32 else 8)
+    if nbytes <= <Py_ssize_t> (SMALL_SCRATCH * sizeof(double)):
         data[0] = small
         return None
+    if nbytes >= KEEP_SCRATCH_BYTES:
+        from fastrnn.kernels import kept_scratch
+        block = kept_scratch(nbytes)
+        data[0] = cnp.PyArray_DATA(<cnp.ndarray> block)
+        return block
     cdef cnp.npy_intp size = n
     arr = cnp.PyArray_EMPTY(1, &size, tn, 0)
     data[0] = cnp.PyArray_DATA(arr)

@@ -68,6 +68,8 @@ is the caller's (fastrnn._column_split, called by ops).
 """
 import numpy as np
 
+from fastrnn.kernels import KEEP_SCRATCH_BYTES, kept_scratch
+
 from cython cimport floating
 from libc.stdint cimport int64_t, uintptr_t
 from libc.string cimport memcpy, memset
@@ -1028,6 +1030,12 @@ cdef const char* _packed_regions(packed, int n, Py_ssize_t D, Py_ssize_t U, Py_s
     return <const char*> <uintptr_t> packed.ctypes.data + PACKED_HEADER
 
 
+def _scratch_block(Py_ssize_t nbytes):
+    """The threads' scratch: from KEEP_SCRATCH_BYTES the calling thread's kept block (no page faults: see
+    fastrnn.kernels.kept_scratch), else a new array."""
+    return kept_scratch(nbytes) if nbytes >= KEEP_SCRATCH_BYTES else np.empty(nbytes, np.uint8)
+
+
 cdef object _run(int cell, const floating[:, :, ::1] x, const floating[:, ::1] W, const floating[:, ::1] R,
                  const floating* b_in, const floating* b_rec, const floating[:, ::1] h0, const floating* c0,
                  const int64_t[::1] lengths, bint reverse, bint relu, bint reset_after,
@@ -1055,7 +1063,7 @@ cdef object _run(int cell, const floating[:, :, ::1] x, const floating[:, ::1] W
     S.B, S.T = B, T
     S.stride = _scratch_offsets(&S, item, G * nu_max, off)
     S.stride = (S.stride + 4095) // 4096 * 4096 + 64 * 3  # regions of different threads share no page
-    cdef unsigned char[::1] scratch = np.empty(n * S.stride + 64, np.uint8)
+    cdef unsigned char[::1] scratch = _scratch_block(n * S.stride + 64)
     cdef uintptr_t base = <uintptr_t> &scratch[0]
     cdef long long[:, ::1] stat = np.zeros((n, 2 * FR_NSTAT), np.int64)
     cdef unsigned int[::1] prep = np.zeros(n, np.uintc)
@@ -1178,7 +1186,7 @@ cdef object _run_backward(int cell, const floating[:, :, ::1] x, const floating[
     S.n_work = weight_grads_work(max(m_max, 1), GU, B * T, item)
     S.stride = _back_offsets(&S, item, off)
     S.stride = (S.stride + 4095) // 4096 * 4096 + 64 * 3  # regions of different threads share no page
-    cdef unsigned char[::1] scratch = np.empty(n * S.stride + 64, np.uint8)
+    cdef unsigned char[::1] scratch = _scratch_block(n * S.stride + 64)
     cdef uintptr_t base = <uintptr_t> &scratch[0]
     cdef long long[:, ::1] stat = np.zeros((n, 2 * FR_NSTAT), np.int64)
     cdef unsigned int[::1] prep = np.zeros(n, np.uintc)
