@@ -160,7 +160,7 @@ def test_frozen_layer_gives_the_same_outputs(cls, kw, n_threads):
             assert layer.freeze() is layer and layer.frozen
             got = layer(x)
             if n_threads == 2 and U == 256 and cls is not fastrnn.SimpleRNN:   # the column split took its share
-                assert list(layer._packed[2]._split) == [2]
+                assert list(layer._packed[3]._split) == [2]
             for g, w in zip(got, want):
                 if T >= 16:
                     np.testing.assert_array_equal(g, w)
@@ -216,6 +216,11 @@ def test_frozen_layer_packs_new_weights(cls, kw):
     fresh.recurrent_kernel = other.copy()
     np.testing.assert_array_equal(layer(x), fresh(x))
     assert not other.flags.writeable
+    bias = new[2] * 2                                 # a new bias alone: made read-only too
+    layer.bias = bias
+    fresh.bias = bias.copy()
+    np.testing.assert_array_equal(layer(x), fresh(x))
+    assert not bias.flags.writeable
     view = fresh.recurrent_kernel[:, :]               # a view: copied (its base would stay writable)
     layer.recurrent_kernel = view
     layer(x)

@@ -79,7 +79,7 @@ class RecurrentLayer(Layer):
         self._tape = None
         self._weights_checked = None  # see _checked_weights
         self._frozen = False
-        self._packed = None  # frozen: (W, R, their ops.PackedWeights or None), see _packed_for
+        self._packed = None  # frozen: (kernel, recurrent_kernel, bias, ops.PackedWeights or None), see _packed_for
         # Reused between calls: (backend, dtype, the kernel select_kernel chose for them on non-empty calls), and see
         # _defaults.
         self._kernel = (None, None, None)
@@ -198,17 +198,19 @@ class RecurrentLayer(Layer):
         W, R, _, _ = self._checked_weights((0, 0, self.input_dim), False)
         packed = ops.PackedWeights(self.cell, W, R, self._options()[1]) if self.backend in ("auto", "cython") \
             else None
-        self._packed = (W, R, packed)
+        self._packed = (self.kernel, self.recurrent_kernel, self.bias, packed)
 
     def _packed_for(self, W, R):
-        """The packed W and R of a frozen layer for the checked weights W, R of a call: packed again (and the
-        arrays made read-only) when kernel / recurrent_kernel were assigned other arrays since."""
+        """A frozen layer's ops.PackedWeights for a call whose checked weights are W, R: packed again (and the
+        arrays made read-only) when kernel / recurrent_kernel / bias were assigned other arrays since."""
         pk = self._packed
-        if pk is None or pk[0] is not W or pk[1] is not R:
+        if pk is None or pk[0] is not self.kernel or pk[1] is not self.recurrent_kernel or pk[2] is not self.bias:
             self._freeze_arrays()
             self._pack()
             pk = self._packed
-        return pk[2]
+        # W, R are the attributes themselves (read-only, of the layer's dtype: check_weights converts nothing),
+        # unless they were reassigned after this call's check: then its W, R are not what was packed.
+        return pk[3] if (W is pk[0] and R is pk[1]) else None
 
     def __getstate__(self):
         # pickle / deepcopy: without the kernel chosen last (it holds a module and a lock: chosen again at the next
