@@ -233,25 +233,16 @@ def training_workspaces(cell, B, T, U, dtype):
 def _kernel_forward(mod, p, training, x, lengths, states, out, ws, packed=None):
     """One forward kernel call of problem p on rows given by x, lengths, states, out (y and finals) and ws;
     packed: PackedWeights.whole for a Cython module, else None (Numba's kernels take no such argument)."""
+    extra = () if packed is None else (packed,)
     if p.cell == "lstm":
-        args = (x, p.W, p.R, p.b, states[0], states[1], lengths, p.reverse, training, *out, *ws)
-        if packed is None:
-            mod.lstm_forward(*args)
-        else:
-            mod.lstm_forward(*args, packed)
+        mod.lstm_forward(x, p.W, p.R, p.b, states[0], states[1], lengths, p.reverse, training, *out, *ws, *extra)
     elif p.cell == "simple_rnn":
-        args = (x, p.W, p.R, p.b, states[0], lengths, p.reverse, p.activation == "relu", training, *out, *ws)
-        if packed is None:
-            mod.simple_rnn_forward(*args)
-        else:
-            mod.simple_rnn_forward(*args, packed)
+        mod.simple_rnn_forward(x, p.W, p.R, p.b, states[0], lengths, p.reverse, p.activation == "relu", training,
+                               *out, *ws, *extra)
     else:
         b_in, b_rec = (p.b[0], p.b[1]) if p.reset_after else (p.b, np.zeros_like(p.b))
-        args = (x, p.W, p.R, b_in, b_rec, states[0], lengths, p.reverse, p.reset_after, training, *out, *ws)
-        if packed is None:
-            mod.gru_forward(*args)
-        else:
-            mod.gru_forward(*args, packed)
+        mod.gru_forward(x, p.W, p.R, b_in, b_rec, states[0], lengths, p.reverse, p.reset_after, training, *out, *ws,
+                        *extra)
 
 
 class PackedWeights:

@@ -10,6 +10,8 @@ cnp.import_array() once.
 cimport numpy as cnp
 from libc.stdint cimport int64_t
 
+from fused_blas cimport pack, packed_size
+
 
 cdef inline int float_type(str name, cnp.ndarray a) except -1:
     """The numpy type number of a float32 or float64 array (every float array of a call has it)."""
@@ -111,6 +113,42 @@ cdef inline object new_packed(int tn, Py_ssize_t n, void** data):
     view = arr[skip:skip + n]
     data[0] = cnp.PyArray_DATA(view)
     return view
+
+
+cdef inline int need_weights(cnp.ndarray W, cnp.ndarray R, Py_ssize_t gates, Py_ssize_t* DU) except -1:
+    """W (D, gates*U) and R (U, gates*U) of one float type, checked (the <cell>_pack entries); DU receives (D, U).
+    Returns the type number."""
+    cdef int tn = float_type("W", W)
+    need("R", R, tn, False, 2, -1, -1, -1)
+    cdef Py_ssize_t U = R.shape[0]
+    need("W", W, tn, False, 2, -1, gates * U, -1)
+    need("R", R, tn, False, 2, U, gates * U, -1)
+    DU[0], DU[1] = W.shape[0], U
+    return tn
+
+
+cdef inline Py_ssize_t pair_elements(Py_ssize_t D, Py_ssize_t U, Py_ssize_t N, Py_ssize_t item) noexcept nogil:
+    """Elements of pack_pair's array: W (D, N) packed, then R (U, N) packed."""
+    return packed_size(D, N, item) + packed_size(U, N, item)
+
+
+cdef inline object pack_pair(cnp.ndarray W, cnp.ndarray R, Py_ssize_t gates):
+    """The <cell>_pack entry of a cell whose forward packs W (D, gates*U) and R (U, gates*U) whole: W packed, R
+    packed right after it (pair_elements), in an array new_packed makes."""
+    cdef Py_ssize_t DU[2]
+    cdef int tn = need_weights(W, R, gates, DU)
+    cdef Py_ssize_t D = DU[0], U = DU[1], N = gates * DU[1], item = cnp.PyArray_ITEMSIZE(W)
+    cdef Py_ssize_t nW = packed_size(D, N, item)
+    cdef void* data
+    out = new_packed(tn, pair_elements(D, U, N, item), &data)
+    with nogil:
+        if tn == cnp.NPY_FLOAT32:
+            pack(<const float*> cnp.PyArray_DATA(W), N, D, N, <float*> data)
+            pack(<const float*> cnp.PyArray_DATA(R), N, U, N, <float*> data + nW)
+        else:
+            pack(<const double*> cnp.PyArray_DATA(W), N, D, N, <double*> data)
+            pack(<const double*> cnp.PyArray_DATA(R), N, U, N, <double*> data + nW)
+    return out
 
 
 cdef inline void* need_packed(object packed, int tn, Py_ssize_t n) except NULL:

@@ -11,13 +11,13 @@ from cython cimport floating
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy, memset
 
-from array_args cimport (SMALL_SCRATCH, float_type, need, need_backward, need_forward, need_packed, new_packed,
-                         scratch, total)
+from array_args cimport (SMALL_SCRATCH, need, need_backward, need_forward, need_packed, need_weights, new_packed,
+                         pack_pair, pair_elements, scratch, total)
 from fused_blas cimport (active_inputs, active_rows, column_sums, flush_denormals, fr_isa, gru_backward_row,
                          gru_gates_row, gru_reset_backward_row1, gru_reset_backward_row2, gru_row, gru_state_row,
                          has_padding, max_length, pack, pack_for, pack_pays_rows, pack_pays_steps,
-                         packed_elements, packed_size, packed_weights, panels_backward, position, product, restore_fp_mode, weight_grads,
-                         weight_grads_work, zero_padding)
+                         packed_elements, packed_size, packed_weights, panels_backward, position, product,
+                         restore_fp_mode, weight_grads, weight_grads_work, zero_padding)
 
 cnp.import_array()
 
@@ -77,41 +77,37 @@ def gru_pack(cnp.ndarray W not None, cnp.ndarray R not None, bint reset_after):
     """W (D, 3U) and R (U, 3U) packed into panels once, for gru_forward's `packed` with the same reset_after: a
     forward given it skips its own packing (kernels/README.md, "Packed weights"). reset_after=False packs R's
     [z, r] columns and its h columns apart, as the forward does."""
-    cdef int tn = float_type("W", W)
-    need("R", R, tn, False, 2, -1, -1, -1)
-    cdef Py_ssize_t U = R.shape[0], G = 3 * U, item = cnp.PyArray_ITEMSIZE(W)
-    need("W", W, tn, False, 2, -1, G, -1)
-    need("R", R, tn, False, 2, U, G, -1)
-    cdef Py_ssize_t D = W.shape[0], nW = packed_size(D, G, item)
-    cdef Py_ssize_t nR = packed_size(U, (3 if reset_after else 2) * U, item)
+    if reset_after:
+        return pack_pair(W, R, 3)
+    cdef Py_ssize_t DU[2]
+    cdef int tn = need_weights(W, R, 3, DU)
+    cdef Py_ssize_t D = DU[0], U = DU[1], item = cnp.PyArray_ITEMSIZE(W)
     cdef void* data
-    out = new_packed(tn, _packed_total(D, U, reset_after, item), &data)
+    out = new_packed(tn, _packed_total(D, U, False, item), &data)
     with nogil:
         if tn == cnp.NPY_FLOAT32:
-            _pack_gru(<const float*> cnp.PyArray_DATA(W), <const float*> cnp.PyArray_DATA(R), D, U, reset_after,
-                      <float*> data, nW, nR)
+            _pack_reset_before(<const float*> cnp.PyArray_DATA(W), <const float*> cnp.PyArray_DATA(R), D, U,
+                               <float*> data)
         else:
-            _pack_gru(<const double*> cnp.PyArray_DATA(W), <const double*> cnp.PyArray_DATA(R), D, U, reset_after,
-                      <double*> data, nW, nR)
+            _pack_reset_before(<const double*> cnp.PyArray_DATA(W), <const double*> cnp.PyArray_DATA(R), D, U,
+                               <double*> data)
     return out
 
 
 cdef Py_ssize_t _packed_total(Py_ssize_t D, Py_ssize_t U, bint reset_after, Py_ssize_t item) noexcept nogil:
-    """Elements of gru_pack's array: W, then R whole (reset_after) or its [z, r] and h columns apart."""
+    """Elements of gru_pack's array: W, then R whole (reset_after: pack_pair's) or its [z, r] and h columns apart."""
     if reset_after:
-        return packed_size(D, 3 * U, item) + packed_size(U, 3 * U, item)
+        return pair_elements(D, U, 3 * U, item)
     return packed_size(D, 3 * U, item) + packed_size(U, 2 * U, item) + packed_size(U, U, item)
 
 
-cdef void _pack_gru(const floating* W, const floating* R, Py_ssize_t D, Py_ssize_t U, bint reset_after,
-                    floating* P, Py_ssize_t nW, Py_ssize_t nR) noexcept nogil:
-    """gru_pack's layout at P: W packed, then R ([z, r] columns for reset_after=False), then R's h columns."""
+cdef void _pack_reset_before(const floating* W, const floating* R, Py_ssize_t D, Py_ssize_t U,
+                             floating* P) noexcept nogil:
+    """gru_pack's layout at P for reset_after=False: W packed, then R's [z, r] columns, then its h columns."""
+    cdef Py_ssize_t nW = packed_size(D, 3 * U, sizeof(floating)), nR = packed_size(U, 2 * U, sizeof(floating))
     pack(W, 3 * U, D, 3 * U, P)
-    if reset_after:
-        pack(R, 3 * U, U, 3 * U, P + nW)
-    else:
-        pack(R, 3 * U, U, 2 * U, P + nW)
-        pack(R + 2 * U, 3 * U, U, U, P + nW + nR)
+    pack(R, 3 * U, U, 2 * U, P + nW)
+    pack(R + 2 * U, 3 * U, U, U, P + nW + nR)
 
 
 cdef void _forward_arrays(floating* xw, const Py_ssize_t* sizes, floating* given, cnp.ndarray x, cnp.ndarray W,

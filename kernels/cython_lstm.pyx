@@ -9,10 +9,10 @@ from cython cimport floating
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy
 
-from array_args cimport (SMALL_SCRATCH, float_type, need, need_backward, need_forward, need_packed, new_packed,
+from array_args cimport (SMALL_SCRATCH, need, need_backward, need_forward, need_packed, pack_pair, pair_elements,
                          scratch, total)
 from fused_blas cimport (active_inputs, active_rows, backward_scratch, column_sums, flush_denormals,
-                         forward_scratch, fr_isa, lstm_backward_row, lstm_row, max_length, pack, pack_for,
+                         forward_scratch, fr_isa, lstm_backward_row, lstm_row, max_length, pack_for,
                          packed_size, packed_weights, panels_backward, position, product, restore_fp_mode,
                          weight_grads, zero_padding)
 
@@ -48,7 +48,7 @@ def lstm_forward(cnp.ndarray x not None, cnp.ndarray W not None, cnp.ndarray R n
     forward_scratch(sizes, B, T, D, U, G, n_steps, item)
     cdef void* given = NULL
     if packed is not None:
-        given = need_packed(packed, tn, packed_size(D, G, item) + packed_size(U, G, item))
+        given = need_packed(packed, tn, pair_elements(D, U, G, item))
         sizes[2] = sizes[3] = 0
     cdef double small[SMALL_SCRATCH]
     cdef void* work
@@ -64,22 +64,7 @@ def lstm_forward(cnp.ndarray x not None, cnp.ndarray W not None, cnp.ndarray R n
 def lstm_pack(cnp.ndarray W not None, cnp.ndarray R not None):
     """W (D, 4U) and R (U, 4U) packed into panels once, for lstm_forward's `packed`: a forward given it skips
     its own packing of both (kernels/README.md, "Packed weights")."""
-    cdef int tn = float_type("W", W)
-    need("R", R, tn, False, 2, -1, -1, -1)
-    cdef Py_ssize_t U = R.shape[0], G = 4 * U, item = cnp.PyArray_ITEMSIZE(W)
-    need("W", W, tn, False, 2, -1, G, -1)
-    need("R", R, tn, False, 2, U, G, -1)
-    cdef Py_ssize_t D = W.shape[0], nW = packed_size(D, G, item)
-    cdef void* data
-    out = new_packed(tn, nW + packed_size(U, G, item), &data)
-    with nogil:
-        if tn == cnp.NPY_FLOAT32:
-            pack(<const float*> cnp.PyArray_DATA(W), G, D, G, <float*> data)
-            pack(<const float*> cnp.PyArray_DATA(R), G, U, G, <float*> data + nW)
-        else:
-            pack(<const double*> cnp.PyArray_DATA(W), G, D, G, <double*> data)
-            pack(<const double*> cnp.PyArray_DATA(R), G, U, G, <double*> data + nW)
-    return out
+    return pack_pair(W, R, 4)
 
 
 cdef void _forward_arrays(floating* xw, const Py_ssize_t* sizes, floating* given, cnp.ndarray x, cnp.ndarray W,

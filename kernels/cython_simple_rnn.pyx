@@ -8,10 +8,10 @@ from cython cimport floating
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy
 
-from array_args cimport (SMALL_SCRATCH, float_type, need, need_backward, need_forward, need_packed, new_packed,
+from array_args cimport (SMALL_SCRATCH, need, need_backward, need_forward, need_packed, pack_pair, pair_elements,
                          scratch, total)
 from fused_blas cimport (active_inputs, active_rows, backward_scratch, column_sums, flush_denormals,
-                         forward_scratch, fr_isa, max_length, pack, pack_for, packed_size, packed_weights,
+                         forward_scratch, fr_isa, max_length, pack_for, packed_size, packed_weights,
                          panels_backward, position, product, restore_fp_mode, simple_rnn_backward_row,
                          simple_rnn_row, weight_grads, zero_padding)
 
@@ -42,7 +42,7 @@ def simple_rnn_forward(cnp.ndarray x not None, cnp.ndarray W not None, cnp.ndarr
     forward_scratch(sizes, B, T, D, U, U, n_steps, item)
     cdef void* given = NULL
     if packed is not None:
-        given = need_packed(packed, tn, packed_size(D, U, item) + packed_size(U, U, item))
+        given = need_packed(packed, tn, pair_elements(D, U, U, item))
         sizes[2] = sizes[3] = 0
     cdef double small[SMALL_SCRATCH]
     cdef void* work
@@ -58,22 +58,7 @@ def simple_rnn_forward(cnp.ndarray x not None, cnp.ndarray W not None, cnp.ndarr
 def simple_rnn_pack(cnp.ndarray W not None, cnp.ndarray R not None):
     """W (D, U) and R (U, U) packed into panels once, for simple_rnn_forward's `packed`: a forward given it skips
     its own packing of both (kernels/README.md, "Packed weights")."""
-    cdef int tn = float_type("W", W)
-    need("R", R, tn, False, 2, -1, -1, -1)
-    cdef Py_ssize_t U = R.shape[0], item = cnp.PyArray_ITEMSIZE(W)
-    need("W", W, tn, False, 2, -1, U, -1)
-    need("R", R, tn, False, 2, U, U, -1)
-    cdef Py_ssize_t D = W.shape[0], nW = packed_size(D, U, item)
-    cdef void* data
-    out = new_packed(tn, nW + packed_size(U, U, item), &data)
-    with nogil:
-        if tn == cnp.NPY_FLOAT32:
-            pack(<const float*> cnp.PyArray_DATA(W), U, D, U, <float*> data)
-            pack(<const float*> cnp.PyArray_DATA(R), U, U, U, <float*> data + nW)
-        else:
-            pack(<const double*> cnp.PyArray_DATA(W), U, D, U, <double*> data)
-            pack(<const double*> cnp.PyArray_DATA(R), U, U, U, <double*> data + nW)
-    return out
+    return pack_pair(W, R, 1)
 
 
 cdef void _forward_arrays(floating* xw, const Py_ssize_t* sizes, floating* given, cnp.ndarray x, cnp.ndarray W,

@@ -964,11 +964,11 @@ def set_isa_cap(int level):
     return fr_set_isa_cap(level)
 
 
-cdef int _split_panels(Py_ssize_t D, Py_ssize_t U, Py_ssize_t G, bint reset_before, int n_threads,
-                       Py_ssize_t item, Py_ssize_t* sizes) except -1:
-    """For a call on n_threads threads: sizes receives the elements of the widest thread's packed W and R, and
-    the bytes of one thread's region of pack_split's array; returns the number of threads (split_units)."""
-    bounds = split_units(U, n_threads, item)
+cdef Py_ssize_t _split_panels(list bounds, Py_ssize_t D, Py_ssize_t U, Py_ssize_t G, bint reset_before,
+                              Py_ssize_t item, Py_ssize_t* sizes) except -1:
+    """For a call whose threads own the units between `bounds` (split_units): sizes receives the elements of the
+    widest thread's packed W and R, and the bytes of one thread's region of pack_split's array. Returns the
+    widest thread's units."""
     cdef Py_ssize_t k, nu_max = 0
     for k in range(len(bounds) - 1):
         nu_max = max(nu_max, bounds[k + 1] - bounds[k])
@@ -976,7 +976,7 @@ cdef int _split_panels(Py_ssize_t D, Py_ssize_t U, Py_ssize_t G, bint reset_befo
     sizes[1] = (packed_size(U, 2 * nu_max, item) + packed_size(U, nu_max, item) if reset_before
                 else packed_size(U, G * nu_max, item))
     sizes[2] = _round64(sizes[0] * item) + _round64(sizes[1] * item)
-    return len(bounds) - 1
+    return nu_max
 
 
 cdef enum:
@@ -995,8 +995,9 @@ def pack_split(const floating[:, ::1] W, const floating[:, ::1] R, int n_threads
                          f"{tuple(R.shape)[:2]}")
     cdef Py_ssize_t G = R.shape[1] // U
     cdef Py_ssize_t sizes[3]
-    cdef int n = _split_panels(D, U, G, reset_before, max(1, n_threads), item, sizes)
-    bounds = split_units(U, max(1, n_threads), item)
+    bounds = split_units(U, n_threads, item)
+    cdef int n = len(bounds) - 1
+    _split_panels(bounds, D, U, G, reset_before, item, sizes)
     raw = np.zeros(PACKED_HEADER + n * sizes[2] + 64, np.uint8)
     cdef Py_ssize_t skip = (64 - <uintptr_t> raw.ctypes.data % 64) % 64
     out = raw[skip:skip + PACKED_HEADER + n * sizes[2]]
@@ -1048,12 +1049,10 @@ cdef object _run(int cell, const floating[:, :, ::1] x, const floating[:, ::1] W
     cdef Py_ssize_t sizes[3]
     dtype = np.float32 if floating is float else np.float64
     bounds = split_units(U, n_threads, item)
-    cdef bint reset_before = cell == GRU and not reset_after
-    cdef int n = _split_panels(D, U, G, reset_before, n_threads, item, sizes)
+    cdef int n = len(bounds) - 1
     cdef Py_ssize_t[::1] ub = np.asarray(bounds, np.intp)
-    cdef Py_ssize_t nu_max = 0
-    for k in range(n):
-        nu_max = max(nu_max, bounds[k + 1] - bounds[k])
+    cdef bint reset_before = cell == GRU and not reset_after
+    cdef Py_ssize_t nu_max = _split_panels(bounds, D, U, G, reset_before, item, sizes)
     S.n_panel_W = sizes[0]
     S.n_panel_R = sizes[1]
     S.packed = NULL
