@@ -13,8 +13,8 @@ from array_args cimport (SMALL_SCRATCH, need, need_backward, need_forward, need_
                          scratch, total)
 from fused_blas cimport (active_inputs, active_rows, backward_scratch, column_sums, flush_denormals,
                          forward_scratch, fr_isa, lstm_backward_row, lstm_row, max_length, pack_for,
-                         packed_size, packed_weights, panels_backward, position, product, restore_fp_mode,
-                         weight_grads, zero_padding)
+                         packed_matmul2, packed_size, packed_weights, panels_backward, position, product,
+                         restore_fp_mode, step_preactivations, weight_grads, zero_padding)
 
 cnp.import_array()
 
@@ -45,20 +45,19 @@ def lstm_forward(cnp.ndarray x not None, cnp.ndarray W not None, cnp.ndarray R n
     cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(x)
     cdef Py_ssize_t n_steps = max_length(<const int64_t*> cnp.PyArray_DATA(lengths), B)
     cdef Py_ssize_t sizes[4]
-    forward_scratch(sizes, B, T, D, U, G, n_steps, item)
     cdef void* given = NULL
     if packed is not None:
         given = need_packed(packed, tn, pair_elements(D, U, G, item))
-        sizes[2] = sizes[3] = 0
+    cdef bint per_step = forward_scratch(sizes, B, T, D, U, G, n_steps, item, given != NULL)
     cdef double small[SMALL_SCRATCH]
     cdef void* work
     held = scratch(small, tn, total(sizes, 4), &work)
     if tn == cnp.NPY_FLOAT32:
-        _forward_arrays(<float*> work, sizes, <float*> given, x, W, R, b, h0, c0, lengths, reverse, training, y,
-                        hT, cT, ws_hprev, ws_cprev, ws_gates, ws_c)
+        _forward_arrays(<float*> work, sizes, <float*> given, per_step, x, W, R, b, h0, c0, lengths, reverse,
+                        training, y, hT, cT, ws_hprev, ws_cprev, ws_gates, ws_c)
     else:
-        _forward_arrays(<double*> work, sizes, <double*> given, x, W, R, b, h0, c0, lengths, reverse, training,
-                        y, hT, cT, ws_hprev, ws_cprev, ws_gates, ws_c)
+        _forward_arrays(<double*> work, sizes, <double*> given, per_step, x, W, R, b, h0, c0, lengths, reverse,
+                        training, y, hT, cT, ws_hprev, ws_cprev, ws_gates, ws_c)
 
 
 def lstm_pack(cnp.ndarray W not None, cnp.ndarray R not None):
@@ -67,12 +66,13 @@ def lstm_pack(cnp.ndarray W not None, cnp.ndarray R not None):
     return pack_pair(W, R, 4)
 
 
-cdef void _forward_arrays(floating* xw, const Py_ssize_t* sizes, floating* given, cnp.ndarray x, cnp.ndarray W,
-                          cnp.ndarray R, cnp.ndarray b, cnp.ndarray h0, cnp.ndarray c0, cnp.ndarray lengths,
-                          bint reverse, bint training, cnp.ndarray y, cnp.ndarray hT, cnp.ndarray cT,
-                          cnp.ndarray ws_hprev, cnp.ndarray ws_cprev, cnp.ndarray ws_gates, cnp.ndarray ws_c):
-    """_forward on the checked arrays' data; the scratch block at xw holds xw, hr, W packed, R packed (`sizes`),
-    unless `given` holds W and R packed (lstm_pack)."""
+cdef void _forward_arrays(floating* xw, const Py_ssize_t* sizes, floating* given, bint per_step, cnp.ndarray x,
+                          cnp.ndarray W, cnp.ndarray R, cnp.ndarray b, cnp.ndarray h0, cnp.ndarray c0,
+                          cnp.ndarray lengths, bint reverse, bint training, cnp.ndarray y, cnp.ndarray hT,
+                          cnp.ndarray cT, cnp.ndarray ws_hprev, cnp.ndarray ws_cprev, cnp.ndarray ws_gates,
+                          cnp.ndarray ws_c):
+    """_forward on the checked arrays' data; the scratch block at xw holds xw (or, per_step, one step's inputs),
+    hr, W packed, R packed (`sizes`), unless `given` holds W and R packed (lstm_pack)."""
     cdef floating* hr = xw + sizes[0]
     cdef floating* Wbuf = hr + sizes[1] if sizes[2] else NULL
     cdef floating* Rbuf = hr + sizes[1] + sizes[2] if sizes[3] else NULL
@@ -94,7 +94,7 @@ cdef void _forward_arrays(floating* xw, const Py_ssize_t* sizes, floating* given
                  <floating*> cnp.PyArray_DATA(h0), <floating*> cnp.PyArray_DATA(c0),
                  <const int64_t*> cnp.PyArray_DATA(lengths), reverse, <floating*> cnp.PyArray_DATA(y),
                  <floating*> cnp.PyArray_DATA(hT), <floating*> cnp.PyArray_DATA(cT), ws[0], ws[1], ws[2], ws[3],
-                 xw, hr, Wbuf, Rbuf, given != NULL)
+                 xw, hr, Wbuf, Rbuf, given != NULL, per_step)
         restore_fp_mode(fp_mode)
 
 
@@ -103,9 +103,12 @@ cdef void _forward(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
                    const floating* h0, const floating* c0, const int64_t* lengths, bint reverse,
                    floating* y, floating* h, floating* c,
                    floating* ws_hprev, floating* ws_cprev, floating* ws_gates, floating* ws_c,
-                   floating* xw, floating* hr, floating* Wbuf, floating* Rbuf, bint prepacked) noexcept nogil:
+                   floating* xw, floating* hr, floating* Wbuf, floating* Rbuf, bint prepacked,
+                   bint per_step) noexcept nogil:
     # The ws_* are NULL in inference mode. The running states live in the outputs hT, cT (= h, c):
     # inactive rows are not written, so they end as each row's states after its own last step.
+    # per_step (fused_blas.step_projection_pays; W and R packed): x W is added per step in the product with R,
+    # and xw holds that step's inputs when they must be gathered (step_preactivations).
     cdef Py_ssize_t s, bb, t, j, lo, hi, n_steps, pos, G = 4 * U
     cdef bint training = ws_hprev != NULL
     cdef int isa = fr_isa()
@@ -131,16 +134,14 @@ cdef void _forward(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
 
     Wp = packed_weights(W, G, D, G, Wbuf, prepacked)
     Rp = packed_weights(R, G, U, G, Rbuf, prepacked)
-    product(B * T, D, x, D, W, G, False, Wp, G, xw, G, isa)
+    if not per_step:
+        product(B * T, D, x, D, W, G, False, Wp, G, xw, G, isa)
 
     for s in range(n_steps):
         active_rows(lengths, B, s, &lo, &hi)
-        # hr = h @ R (all four gates at once) for the block of rows holding the active ones
-        product(hi - lo, U, h + lo * U, U, R, G, False, Rp, G, hr + lo * G, G, isa, panels_backward(s, hi - lo))
-        for bb in range(lo, hi):
-            if lengths[bb] <= s:
-                continue
-            t = position(s, lengths[bb], reverse)
+        # hr = h @ R (+ x_t @ W per step; all four gates at once) for the block of rows holding the active ones
+        step_preactivations(per_step, x, T, D, lengths, lo, hi, s, reverse, Wp, h, U, R, Rp, G, hr, xw, isa)
+ion(s, lengths[bb], reverse)
             pos = bb * T + t
             hrow = h + bb * U
             crow = c + bb * U
@@ -150,7 +151,7 @@ cdef void _forward(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
                 memcpy(ws_cprev + pos * U, crow, U * sizeof(floating))
             # a = hr row + xw row + b, activated in place (i, f | g | o); the new c and h (fused_blas.lstm_row)
             a = hr + bb * G
-            lstm_row(a, xw + pos * G, bias, U, crow, hrow)
+            lstm_row(a, NULL if per_step else xw + pos * G, bias, U, crow, hrow)
             memcpy(yrow, hrow, U * sizeof(floating))
             if training:
                 memcpy(ws_gates + pos * G, a, G * sizeof(floating))

@@ -11,9 +11,9 @@ from libc.string cimport memcpy
 from array_args cimport (SMALL_SCRATCH, need, need_backward, need_forward, need_packed, pack_pair, pair_elements,
                          scratch, total)
 from fused_blas cimport (active_inputs, active_rows, backward_scratch, column_sums, flush_denormals,
-                         forward_scratch, fr_isa, max_length, pack_for, packed_size, packed_weights,
-                         panels_backward, position, product, restore_fp_mode, simple_rnn_backward_row,
-                         simple_rnn_row, weight_grads, zero_padding)
+                         forward_scratch, fr_isa, max_length, pack_for, packed_matmul2, packed_size,
+                         packed_weights, panels_backward, position, product, restore_fp_mode,
+                         simple_rnn_backward_row, simple_rnn_row, step_preactivations, weight_grads, zero_padding)
 
 cnp.import_array()
 
@@ -39,20 +39,19 @@ def simple_rnn_forward(cnp.ndarray x not None, cnp.ndarray W not None, cnp.ndarr
     cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(x)
     cdef Py_ssize_t n_steps = max_length(<const int64_t*> cnp.PyArray_DATA(lengths), B)
     cdef Py_ssize_t sizes[4]
-    forward_scratch(sizes, B, T, D, U, U, n_steps, item)
     cdef void* given = NULL
     if packed is not None:
         given = need_packed(packed, tn, pair_elements(D, U, U, item))
-        sizes[2] = sizes[3] = 0
+    cdef bint per_step = forward_scratch(sizes, B, T, D, U, U, n_steps, item, given != NULL)
     cdef double small[SMALL_SCRATCH]
     cdef void* work
     held = scratch(small, tn, total(sizes, 4), &work)
     if tn == cnp.NPY_FLOAT32:
-        _forward_arrays(<float*> work, sizes, <float*> given, x, W, R, b, h0, lengths, reverse, relu, training, y,
-                        hT, ws_hprev, ws_h)
+        _forward_arrays(<float*> work, sizes, <float*> given, per_step, x, W, R, b, h0, lengths, reverse, relu,
+                        training, y, hT, ws_hprev, ws_h)
     else:
-        _forward_arrays(<double*> work, sizes, <double*> given, x, W, R, b, h0, lengths, reverse, relu, training,
-                        y, hT, ws_hprev, ws_h)
+        _forward_arrays(<double*> work, sizes, <double*> given, per_step, x, W, R, b, h0, lengths, reverse, relu,
+                        training, y, hT, ws_hprev, ws_h)
 
 
 def simple_rnn_pack(cnp.ndarray W not None, cnp.ndarray R not None):
@@ -61,12 +60,12 @@ def simple_rnn_pack(cnp.ndarray W not None, cnp.ndarray R not None):
     return pack_pair(W, R, 1)
 
 
-cdef void _forward_arrays(floating* xw, const Py_ssize_t* sizes, floating* given, cnp.ndarray x, cnp.ndarray W,
-                          cnp.ndarray R, cnp.ndarray b, cnp.ndarray h0, cnp.ndarray lengths, bint reverse,
-                          bint relu, bint training, cnp.ndarray y, cnp.ndarray hT, cnp.ndarray ws_hprev,
-                          cnp.ndarray ws_h):
-    """_forward on the checked arrays' data; the scratch block at xw holds xw, hr, W packed, R packed (`sizes`),
-    unless `given` holds W and R packed (simple_rnn_pack)."""
+cdef void _forward_arrays(floating* xw, const Py_ssize_t* sizes, floating* given, bint per_step, cnp.ndarray x,
+                          cnp.ndarray W, cnp.ndarray R, cnp.ndarray b, cnp.ndarray h0, cnp.ndarray lengths,
+                          bint reverse, bint relu, bint training, cnp.ndarray y, cnp.ndarray hT,
+                          cnp.ndarray ws_hprev, cnp.ndarray ws_h):
+    """_forward on the checked arrays' data; the scratch block at xw holds xw (or, per_step, one step's inputs),
+    hr, W packed, R packed (`sizes`), unless `given` holds W and R packed (simple_rnn_pack)."""
     cdef floating* hr = xw + sizes[0]
     cdef floating* Wbuf = hr + sizes[1] if sizes[2] else NULL
     cdef floating* Rbuf = hr + sizes[1] + sizes[2] if sizes[3] else NULL
@@ -85,7 +84,7 @@ cdef void _forward_arrays(floating* xw, const Py_ssize_t* sizes, floating* given
                  <floating*> cnp.PyArray_DATA(W), <floating*> cnp.PyArray_DATA(R), <floating*> cnp.PyArray_DATA(b),
                  <floating*> cnp.PyArray_DATA(h0), <const int64_t*> cnp.PyArray_DATA(lengths), reverse, relu,
                  <floating*> cnp.PyArray_DATA(y), <floating*> cnp.PyArray_DATA(hT), p_hprev, p_h, xw, hr, Wbuf,
-                 Rbuf, given != NULL)
+                 Rbuf, given != NULL, per_step)
         restore_fp_mode(fp_mode)
 
 
@@ -93,9 +92,11 @@ cdef void _forward(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
                    const floating* x, const floating* W, const floating* R, const floating* bias,
                    const floating* h0, const int64_t* lengths, bint reverse, bint relu,
                    floating* y, floating* h, floating* ws_hprev, floating* ws_h,
-                   floating* xw, floating* hr, floating* Wbuf, floating* Rbuf, bint prepacked) noexcept nogil:
+                   floating* xw, floating* hr, floating* Wbuf, floating* Rbuf, bint prepacked,
+                   bint per_step) noexcept nogil:
     # ws_hprev is NULL in inference mode. The running state lives in the output hT (= h): rows that are
     # inactive are simply not written, so it ends as each row's state after its own last step.
+    # per_step: x W is added per step in the product with R, as in cython_lstm.
     cdef Py_ssize_t s, bb, t, j, lo, hi, n_steps, pos
     cdef int isa = fr_isa()
     cdef const floating* Wp
@@ -115,11 +116,12 @@ cdef void _forward(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
 
     Wp = packed_weights(W, U, D, U, Wbuf, prepacked)
     Rp = packed_weights(R, U, U, U, Rbuf, prepacked)
-    product(B * T, D, x, D, W, U, False, Wp, U, xw, U, isa)
+    if not per_step:
+        product(B * T, D, x, D, W, U, False, Wp, U, xw, U, isa)
 
     for s in range(n_steps):
         active_rows(lengths, B, s, &lo, &hi)
-        product(hi - lo, U, h + lo * U, U, R, U, False, Rp, U, hr + lo * U, U, isa, panels_backward(s, hi - lo))
+        step_preactivations(per_step, x, T, D, lengths, lo, hi, s, reverse, Wp, h, U, R, Rp, U, hr, xw, isa)
         for bb in range(lo, hi):
             if lengths[bb] <= s:
                 continue
@@ -129,7 +131,7 @@ cdef void _forward(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
             if ws_hprev != NULL:
                 memcpy(ws_hprev + pos * U, hrow, U * sizeof(floating))
             a = hr + bb * U
-            simple_rnn_row(a, xw + pos * U, bias, U, relu)  # the new h, in place (fused_blas)
+            simple_rnn_row(a, NULL if per_step else xw + pos * U, bias, U, relu)  # the new h, in place
             memcpy(hrow, a, U * sizeof(floating))
             memcpy(y + pos * U, a, U * sizeof(floating))
             if ws_hprev != NULL:

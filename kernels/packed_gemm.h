@@ -14,8 +14,8 @@
 #include <string.h>
 
 /* ---------------------------------------------------------------------------------------------------------
-   C (M, N) = A (M, K) @ P (or C += A @ P), P packed in panels (below); row-major A and C with row strides lda,
-   ldc.
+   C (M, N) = A (M, K) @ P (or C += A @ P; also + A2 @ P2), P packed in panels (below); row-major A and C with
+   row strides lda, ldc.
 
    Packing: P holds the K x N matrix as ceil(N / NR) panels of NR columns, each panel K rows of NR
    contiguous elements (128 bytes: two 64-byte vectors), the last panel zero-padded; P is 64-byte aligned.
@@ -36,12 +36,38 @@ typedef double fr_vd4 __attribute__((vector_size(32)));
 typedef double fr_vd2 __attribute__((vector_size(16)));
 #define FR_INLINE static inline __attribute__((always_inline))
 
+/* The k loops of a block (below): c[s][r][:] += AA[r, k] * PP's row k over the KK rows of one source, the k
+   loop split over KS sets of accumulators, the last KK % KS rows into set 0. */
+#define FR_BLOCK_SUMS(KK, AA, LDA, PP)                                                                      \
+    for (k = 0; k + KS <= KK; k += KS) {                                                                    \
+        _Pragma("GCC unroll 4") for (s = 0; s < KS; s++) {                                                  \
+            V p[NVEC];                                                                                      \
+            _Pragma("GCC unroll 8") for (v = 0; v < NVEC; v++)                                              \
+                p[v] = *(const V*) (PP + (ptrdiff_t) (k + s) * NR + v * VL);                                \
+            _Pragma("GCC unroll 4") for (r = 0; r < MR; r++) {                                              \
+                const T a = AA[r * LDA + k + s];                                                            \
+                _Pragma("GCC unroll 8") for (v = 0; v < NVEC; v++)                                          \
+                    c[s][r][v] += a * p[v];                                                                 \
+            }                                                                                               \
+        }                                                                                                   \
+    }                                                                                                       \
+    for (; k < KK; k++) {                                                                                   \
+        V p[NVEC];                                                                                          \
+        _Pragma("GCC unroll 8") for (v = 0; v < NVEC; v++)                                                  \
+            p[v] = *(const V*) (PP + (ptrdiff_t) k * NR + v * VL);                                          \
+        _Pragma("GCC unroll 4") for (r = 0; r < MR; r++) {                                                  \
+            const T a = AA[r * LDA + k];                                                                    \
+            _Pragma("GCC unroll 8") for (v = 0; v < NVEC; v++)                                              \
+                c[0][r][v] += a * p[v];                                                                     \
+        }                                                                                                   \
+    }
+
 /* One block of MR rows (MR <= 4) and one panel, with the k loop split over KS sets of accumulators:
    a template over the element type T and the vector type V, as a macro. acc: add to C instead of overwriting it
    (the weight gradients, summed over chunks of k). */
 #define FR_DEFINE_BLOCK(T, V, NAME)                                                                         \
-FR_INLINE void NAME(const int MR, const int KS, int K, const T* A, ptrdiff_t lda, const T* P,              \
-                    int nc, T* C, ptrdiff_t ldc, int acc) {                                                 \
+FR_INLINE void NAME(const int MR, const int KS, int K, const T* A, ptrdiff_t lda, const T* P,               \
+                    int K2, const T* A2, ptrdiff_t lda2, const T* P2, int nc, T* C, ptrdiff_t ldc, int acc) { \
     enum { NR = FR_PANEL_BYTES / sizeof(T), NVEC = FR_PANEL_BYTES / sizeof(V), VL = sizeof(V) / sizeof(T) }; \
     V c[4][4][NVEC];                                                                                        \
     int k, r, s, v, j;                                                                                      \
@@ -49,28 +75,8 @@ FR_INLINE void NAME(const int MR, const int KS, int K, const T* A, ptrdiff_t lda
         _Pragma("GCC unroll 4") for (r = 0; r < MR; r++)                                                    \
             _Pragma("GCC unroll 8") for (v = 0; v < NVEC; v++)                                              \
                 c[s][r][v] = (V){0};                                                                        \
-    for (k = 0; k + KS <= K; k += KS) {                                                                     \
-        _Pragma("GCC unroll 4") for (s = 0; s < KS; s++) {                                                  \
-            V p[NVEC];                                                                                      \
-            _Pragma("GCC unroll 8") for (v = 0; v < NVEC; v++)                                              \
-                p[v] = *(const V*) (P + (ptrdiff_t) (k + s) * NR + v * VL);                                 \
-            _Pragma("GCC unroll 4") for (r = 0; r < MR; r++) {                                              \
-                const T a = A[r * lda + k + s];                                                             \
-                _Pragma("GCC unroll 8") for (v = 0; v < NVEC; v++)                                          \
-                    c[s][r][v] += a * p[v];                                                                 \
-            }                                                                                               \
-        }                                                                                                   \
-    }                                                                                                       \
-    for (; k < K; k++) {                                                                                    \
-        V p[NVEC];                                                                                          \
-        _Pragma("GCC unroll 8") for (v = 0; v < NVEC; v++)                                                  \
-            p[v] = *(const V*) (P + (ptrdiff_t) k * NR + v * VL);                                           \
-        _Pragma("GCC unroll 4") for (r = 0; r < MR; r++) {                                                  \
-            const T a = A[r * lda + k];                                                                     \
-            _Pragma("GCC unroll 8") for (v = 0; v < NVEC; v++)                                              \
-                c[0][r][v] += a * p[v];                                                                     \
-        }                                                                                                   \
-    }                                                                                                       \
+    FR_BLOCK_SUMS(K, A, lda, P)                                                                             \
+    FR_BLOCK_SUMS(K2, A2, lda2, P2)  /* the second source: C = A @ P + A2 @ P2 */                           \
     _Pragma("GCC unroll 4") for (s = 1; s < KS; s++)                                                        \
         _Pragma("GCC unroll 4") for (r = 0; r < MR; r++)                                                    \
             _Pragma("GCC unroll 8") for (v = 0; v < NVEC; v++)                                              \
@@ -109,25 +115,32 @@ FR_DEFINE_BLOCK(double, fr_vd2, fr_block_f64_128)
    of R every step; where R is about the size of the L2 cache, a pass in the other direction than the previous
    step's starts with the panels that pass left in the cache (fused_blas.panels_backward). */
 #define FR_DEFINE_MATMUL(T, BLOCK, NAME, ATTR, LEVEL)                                                       \
-ATTR static void NAME(int M, int K, const T* A, ptrdiff_t lda, const T* P, int N, T* C, ptrdiff_t ldc,     \
-                      int acc, int backward) {                                                              \
+ATTR static void NAME(int M, int K, const T* A, ptrdiff_t lda, const T* P, int K2, const T* A2,             \
+                      ptrdiff_t lda2, const T* P2, int N, T* C, ptrdiff_t ldc, int acc, int backward) {     \
     enum { NR = FR_PANEL_BYTES / sizeof(T) };                                                               \
     int q, p, i, npan = (N + NR - 1) / NR;                                                                  \
     for (q = 0; q < npan; q++) {                                                                            \
         p = backward ? npan - 1 - q : q;                                                                    \
         const T* Pp = P + (ptrdiff_t) p * K * NR;                                                           \
+        const T* P2p = P2 + (ptrdiff_t) p * K2 * NR;                                                        \
         int nc = N - p * NR < NR ? N - p * NR : NR;                                                         \
         T* Cp = C + p * NR;                                                                                 \
         for (i = 0; i < M;) {                                                                               \
             int left = M - i;                                                                               \
             const T* Ai = A + i * lda;                                                                      \
+            const T* A2i = A2 + i * lda2;                                                                   \
             T* Ci = Cp + i * ldc;                                                                           \
-            if (LEVEL >= 2 && left >= 4)      { BLOCK(4, 1, K, Ai, lda, Pp, nc, Ci, ldc, acc); i += 4; }    \
-            else if (LEVEL >= 2 && left == 3) { BLOCK(3, 1, K, Ai, lda, Pp, nc, Ci, ldc, acc); i += 3; }    \
-            else if (LEVEL >= 1 && left >= 2) { BLOCK(2, LEVEL >= 2 ? 2 : 1, K, Ai, lda, Pp, nc, Ci, ldc,   \
-                                                      acc); i += 2; }                                       \
-            else { BLOCK(1, LEVEL >= 2 ? 4 : LEVEL >= 1 ? 2 : 1, K, Ai, lda, Pp, nc, Ci, ldc, acc);         \
-                   i += 1; }                                                                                \
+            if (LEVEL >= 2 && left >= 4) {                                                                  \
+                BLOCK(4, 1, K, Ai, lda, Pp, K2, A2i, lda2, P2p, nc, Ci, ldc, acc); i += 4;                  \
+            } else if (LEVEL >= 2 && left == 3) {                                                           \
+                BLOCK(3, 1, K, Ai, lda, Pp, K2, A2i, lda2, P2p, nc, Ci, ldc, acc); i += 3;                  \
+            } else if (LEVEL >= 1 && left >= 2) {                                                           \
+                BLOCK(2, LEVEL >= 2 ? 2 : 1, K, Ai, lda, Pp, K2, A2i, lda2, P2p, nc, Ci, ldc, acc); i += 2; \
+            } else {                                                                                        \
+                BLOCK(1, LEVEL >= 2 ? 4 : LEVEL >= 1 ? 2 : 1, K, Ai, lda, Pp, K2, A2i, lda2, P2p, nc, Ci,   \
+                      ldc, acc);                                                                            \
+                i += 1;                                                                                     \
+            }                                                                                               \
         }                                                                                                   \
     }                                                                                                       \
 }
@@ -144,17 +157,20 @@ FR_DEFINE_MATMUL(double, fr_block_f64_128, fr_matmul_f64_base, , 0)
 
 #else  /* not GCC / Clang: plain loops */
 #define FR_DEFINE_PLAIN(T, NAME)                                                                            \
-static void NAME(int M, int K, const T* A, ptrdiff_t lda, const T* P, int N, T* C, ptrdiff_t ldc,         \
-                 int acc, int backward) {                                                                   \
+static void NAME(int M, int K, const T* A, ptrdiff_t lda, const T* P, int K2, const T* A2, ptrdiff_t lda2,  \
+                 const T* P2, int N, T* C, ptrdiff_t ldc, int acc, int backward) {                          \
     enum { NR = FR_PANEL_BYTES / sizeof(T) };                                                               \
     int i, j, k;                                                                                            \
     (void) backward;                                                                                        \
     for (i = 0; i < M; i++)                                                                                 \
         for (j = 0; j < N; j++) {                                                                           \
             const T* Pp = P + (ptrdiff_t) (j / NR) * K * NR + j % NR;                                       \
+            const T* P2p = P2 + (ptrdiff_t) (j / NR) * K2 * NR + j % NR;                                    \
             T sum = 0;                                                                                      \
             for (k = 0; k < K; k++)                                                                         \
                 sum += A[i * lda + k] * Pp[(ptrdiff_t) k * NR];                                             \
+            for (k = 0; k < K2; k++)                                                                        \
+                sum += A2[i * lda2 + k] * P2p[(ptrdiff_t) k * NR];                                          \
             C[i * ldc + j] = acc ? C[i * ldc + j] + sum : sum;                                              \
         }                                                                                                   \
 }
@@ -184,25 +200,31 @@ static int fr_isa(void) {
     return isa < fr_isa_max ? isa : fr_isa_max;
 }
 
-/* fr_matmul_f32 / fr_matmul_f64: the product on the instruction set `isa` (fr_isa()); acc: C += instead of C =;
+/* fr_matmul2_f32 / fr_matmul2_f64: C = A @ P + A2 @ P2 (C += with acc) on the instruction set `isa` (fr_isa()),
+   P (K x N) and P2 (K2 x N) packed alike, summed in registers (one pass over C: the LSTM and SimpleRNN forwards'
+   x_t W + h R, fused_blas.step_projection_pays). fr_matmul_f32 / fr_matmul_f64: C = A @ P (K2 = 0).
    backward: the panels last to first. */
 #if defined(FR_X86)
-#define FR_DISPATCH_ISA(NAME, ...)                                                                      \
-    if (isa == 2) { NAME##_avx512(__VA_ARGS__); return; }                                                  \
+#define FR_DISPATCH_ISA(NAME, ...)                                                                          \
+    if (isa == 2) { NAME##_avx512(__VA_ARGS__); return; }                                                   \
     if (isa == 1) { NAME##_avx2(__VA_ARGS__); return; }
 #else
 #define FR_DISPATCH_ISA(NAME, ...)
 #endif
-#define FR_DEFINE_DISPATCH(T, NAME)                                                                        \
-static void NAME(int M, int K, const T* A, ptrdiff_t lda, const T* P, int N, T* C, ptrdiff_t ldc,         \
-                 int acc, int backward, int isa) {                                                         \
-    if (M <= 0 || N <= 0)                                                                                  \
-        return;                                                                                            \
-    FR_DISPATCH_ISA(NAME, M, K, A, lda, P, N, C, ldc, acc, backward)                                    \
-    (void) isa;                                                                                            \
-    NAME##_base(M, K, A, lda, P, N, C, ldc, acc, backward);                                                \
+#define FR_DEFINE_DISPATCH(T, NAME, NAME2)                                                                  \
+static void NAME2(int M, int K, const T* A, ptrdiff_t lda, const T* P, int K2, const T* A2, ptrdiff_t lda2, \
+                  const T* P2, int N, T* C, ptrdiff_t ldc, int acc, int backward, int isa) {                \
+    if (M <= 0 || N <= 0)                                                                                   \
+        return;                                                                                             \
+    FR_DISPATCH_ISA(NAME, M, K, A, lda, P, K2, A2, lda2, P2, N, C, ldc, acc, backward)                      \
+    (void) isa;                                                                                             \
+    NAME##_base(M, K, A, lda, P, K2, A2, lda2, P2, N, C, ldc, acc, backward);                               \
+}                                                                                                           \
+static void NAME(int M, int K, const T* A, ptrdiff_t lda, const T* P, int N, T* C, ptrdiff_t ldc,           \
+                 int acc, int backward, int isa) {                                                          \
+    NAME2(M, K, A, lda, P, 0, A, lda, P, N, C, ldc, acc, backward, isa);                                    \
 }
-FR_DEFINE_DISPATCH(float, fr_matmul_f32)
-FR_DEFINE_DISPATCH(double, fr_matmul_f64)
+FR_DEFINE_DISPATCH(float, fr_matmul_f32, fr_matmul2_f32)
+FR_DEFINE_DISPATCH(double, fr_matmul_f64, fr_matmul2_f64)
 
 #endif  /* FASTRNN_PACKED_GEMM_H */
