@@ -141,7 +141,10 @@ cdef void _forward(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
         active_rows(lengths, B, s, &lo, &hi)
         # hr = h @ R (+ x_t @ W per step; all four gates at once) for the block of rows holding the active ones
         step_preactivations(per_step, x, T, D, lengths, lo, hi, s, reverse, Wp, h, U, R, Rp, G, hr, xw, isa)
-ion(s, lengths[bb], reverse)
+        for bb in range(lo, hi):
+            if lengths[bb] <= s:
+                continue
+            t = position(s, lengths[bb], reverse)
             pos = bb * T + t
             hrow = h + bb * U
             crow = c + bb * U

@@ -36,9 +36,9 @@ typedef double fr_vd4 __attribute__((vector_size(32)));
 typedef double fr_vd2 __attribute__((vector_size(16)));
 #define FR_INLINE static inline __attribute__((always_inline))
 
-/* The k loops of a block (below): c[s][r][:] += AA[r, k] * PP's row k over the KK rows of one source, the k
-   loop split over KS sets of accumulators, the last KK % KS rows into set 0. */
-#define FR_BLOCK_SUMS(KK, AA, LDA, PP)                                                                      \
+/* The k loops of a block (below; T, V its types): c[s][r][:] += AA[r, k] * PP's row k over the KK rows of one
+   source, the k loop split over KS sets of accumulators, the last KK % KS rows into set 0. */
+#define FR_BLOCK_SUMS(T, V, KK, AA, LDA, PP)                                                                  \
     for (k = 0; k + KS <= KK; k += KS) {                                                                    \
         _Pragma("GCC unroll 4") for (s = 0; s < KS; s++) {                                                  \
             V p[NVEC];                                                                                      \
@@ -75,8 +75,8 @@ FR_INLINE void NAME(const int MR, const int KS, int K, const T* A, ptrdiff_t lda
         _Pragma("GCC unroll 4") for (r = 0; r < MR; r++)                                                    \
             _Pragma("GCC unroll 8") for (v = 0; v < NVEC; v++)                                              \
                 c[s][r][v] = (V){0};                                                                        \
-    FR_BLOCK_SUMS(K, A, lda, P)                                                                             \
-    FR_BLOCK_SUMS(K2, A2, lda2, P2)  /* the second source: C = A @ P + A2 @ P2 */                           \
+    FR_BLOCK_SUMS(T, V, K, A, lda, P)                                                                       \
+    FR_BLOCK_SUMS(T, V, K2, A2, lda2, P2)  /* the second source: C = A @ P + A2 @ P2 */                        \
     _Pragma("GCC unroll 4") for (s = 1; s < KS; s++)                                                        \
         _Pragma("GCC unroll 4") for (r = 0; r < MR; r++)                                                    \
             _Pragma("GCC unroll 8") for (v = 0; v < NVEC; v++)                                              \
