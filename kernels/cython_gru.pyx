@@ -16,8 +16,9 @@ from array_args cimport (SMALL_SCRATCH, need, need_backward, need_forward, need_
 from fused_blas cimport (active_inputs, active_rows, column_sums, flush_denormals, fr_isa, gru_backward_row,
                          gru_gates_row, gru_reset_backward_row1, gru_reset_backward_row2, gru_row, gru_state_row,
                          has_padding, max_length, pack, pack_for, pack_pays_rows, pack_pays_steps,
-                         packed_elements, packed_size, packed_weights, panels_backward, position, product,
-                         restore_fp_mode, weight_grads, weight_grads_work, zero_padding)
+                         packed_elements, packed_matmul, packed_size, packed_weights, panels_backward, position,
+                         product, restore_fp_mode, step_inputs, step_projection_pays, weight_grads,
+                         weight_grads_work, zero_padding)
 
 cnp.import_array()
 
@@ -45,17 +46,20 @@ def gru_forward(cnp.ndarray x not None, cnp.ndarray W not None, cnp.ndarray R no
         with_vh = reset_after or cnp.PyArray_SIZE(ws_vh) == B * T * U
         if with_vh:
             need("ws_vh", ws_vh, tn, True, 3, B, T, U)
-    # Scratch, once per call, in one block: the input projection of every step, one step's recurrent projection,
-    # for reset_after=False one step's r * h_prev (zeroed: rows never written stay finite numbers), and W and R
+    # Scratch, once per call, in one block: the input projection of every step (per_step: one step's, and the
+    # step's inputs when gathered; fused_blas.step_projection_pays), one step's recurrent projection, for
+    # reset_after=False one step's r * h_prev (zeroed: rows never written stay finite numbers), and W and R
     # packed for fused_blas.product where that pays (pack_pays; else NULL); reset_after=False: R's [z, r] columns
     # and its h columns packed apart. With `packed` (gru_pack's W and R) nothing is packed here.
     cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(x)
+    cdef bint pack_w = pack_pays_rows(B * T)
     cdef bint pack_r = pack_pays_steps(max_length(<const int64_t*> cnp.PyArray_DATA(lengths), B), B)
+    cdef bint per_step = (packed is not None or (pack_w and pack_r)) and step_projection_pays(B, D, U, G, item)
     cdef Py_ssize_t sizes[6]
-    sizes[0] = B * T * G
+    sizes[0] = B * (G + D) if per_step else B * T * G
     sizes[1] = B * G
     sizes[2] = 0 if reset_after else B * U
-    sizes[3] = packed_elements(D, G, item) if pack_pays_rows(B * T) else 0
+    sizes[3] = packed_elements(D, G, item) if pack_w else 0
     sizes[4] = packed_elements(U, (3 if reset_after else 2) * U, item) if pack_r else 0
     sizes[5] = packed_elements(U, U, item) if pack_r and not reset_after else 0
     cdef void* given = NULL
@@ -66,11 +70,11 @@ def gru_forward(cnp.ndarray x not None, cnp.ndarray W not None, cnp.ndarray R no
     cdef void* work
     held = scratch(small, tn, total(sizes, 6), &work)
     if tn == cnp.NPY_FLOAT32:
-        _forward_arrays(<float*> work, sizes, <float*> given, x, W, R, b_in, b_rec, h0, lengths, reverse,
-                        reset_after, training, y, hT, ws_hprev, ws_gates, ws_vh, with_vh)
+        _forward_arrays(<float*> work, sizes, <float*> given, per_step, x, W, R, b_in, b_rec, h0, lengths,
+                        reverse, reset_after, training, y, hT, ws_hprev, ws_gates, ws_vh, with_vh)
     else:
-        _forward_arrays(<double*> work, sizes, <double*> given, x, W, R, b_in, b_rec, h0, lengths, reverse,
-                        reset_after, training, y, hT, ws_hprev, ws_gates, ws_vh, with_vh)
+        _forward_arrays(<double*> work, sizes, <double*> given, per_step, x, W, R, b_in, b_rec, h0, lengths,
+                        reverse, reset_after, training, y, hT, ws_hprev, ws_gates, ws_vh, with_vh)
 
 
 def gru_pack(cnp.ndarray W not None, cnp.ndarray R not None, bint reset_after):
@@ -110,13 +114,14 @@ cdef void _pack_reset_before(const floating* W, const floating* R, Py_ssize_t D,
     pack(R + 2 * U, 3 * U, U, U, P + nW + nR)
 
 
-cdef void _forward_arrays(floating* xw, const Py_ssize_t* sizes, floating* given, cnp.ndarray x, cnp.ndarray W,
-                          cnp.ndarray R, cnp.ndarray b_in, cnp.ndarray b_rec, cnp.ndarray h0, cnp.ndarray lengths,
-                          bint reverse, bint reset_after, bint training, cnp.ndarray y, cnp.ndarray hT,
-                          cnp.ndarray ws_hprev, cnp.ndarray ws_gates, cnp.ndarray ws_vh, bint with_vh):
-    """The forward variant on the checked arrays' data; the scratch block at xw holds xw, hr, rh, W packed,
-    R packed ([z, r] columns for reset_after=False), R's h columns packed (`sizes`), unless `given` holds them
-    (gru_pack)."""
+cdef void _forward_arrays(floating* xw, const Py_ssize_t* sizes, floating* given, bint per_step, cnp.ndarray x,
+                          cnp.ndarray W, cnp.ndarray R, cnp.ndarray b_in, cnp.ndarray b_rec, cnp.ndarray h0,
+                          cnp.ndarray lengths, bint reverse, bint reset_after, bint training, cnp.ndarray y,
+                          cnp.ndarray hT, cnp.ndarray ws_hprev, cnp.ndarray ws_gates, cnp.ndarray ws_vh,
+                          bint with_vh):
+    """The forward variant on the checked arrays' data; the scratch block at xw holds xw (per_step: one step's
+    projection, then its gathered inputs), hr, rh, W packed, R packed ([z, r] columns for reset_after=False), R's
+    h columns packed (`sizes`), unless `given` holds them (gru_pack)."""
     cdef floating* hr = xw + sizes[0]
     cdef floating* rh = hr + sizes[1]
     cdef floating* pW = rh + sizes[2] if sizes[3] else NULL
@@ -149,20 +154,21 @@ cdef void _forward_arrays(floating* xw, const Py_ssize_t* sizes, floating* given
         fp_mode = flush_denormals()  # fused_blas, "Denormals"
         if reset_after:
             _forward_reset_after(B, T, D, U, px, pw, pr, pb_in, pb_rec, ph0, lens, reverse, py, phT,
-                                 ws[0], ws[1], ws[2], xw, hr, pW, pR, given != NULL)
+                                 ws[0], ws[1], ws[2], xw, hr, pW, pR, given != NULL, per_step)
         else:
             memset(rh, 0, sizes[2] * sizeof(floating))
             _forward_reset_before(B, T, D, U, px, pw, pr, pb_in, ph0, lens, reverse, py, phT,
-                                  ws[0], ws[1], ws[2], xw, hr, rh, pW, pR, pRh, given != NULL)
+                                  ws[0], ws[1], ws[2], xw, hr, rh, pW, pR, pRh, given != NULL, per_step)
         restore_fp_mode(fp_mode)
 
 
-cdef void _start(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U, const floating* x, const floating* W,
-                 const floating* h0, const int64_t* lengths, floating* y, floating* h,
-                 floating* ws_hprev, floating* ws_gates, floating* ws_vh, floating* xw, floating* Wbuf,
-                 int isa, bint prepacked) noexcept nogil:
-    """What both forward variants do before the time loop."""
-    cdef const floating* Wp
+cdef const floating* _start(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U, const floating* x,
+                            const floating* W, const floating* h0, const int64_t* lengths, floating* y, floating* h,
+                            floating* ws_hprev, floating* ws_gates, floating* ws_vh, floating* xw, floating* Wbuf,
+                            int isa, bint prepacked, bint per_step) noexcept nogil:
+    """What both forward variants do before the time loop: returns W packed (or NULL: BLAS), which per_step
+    projects x with at every step (_step_inputs) instead of here."""
+    cdef const floating* Wp = NULL
     memcpy(h, h0, B * U * sizeof(floating))
     zero_padding(y, lengths, B, T, U)
     if ws_hprev != NULL:
@@ -173,7 +179,20 @@ cdef void _start(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U, const f
             zero_padding(ws_vh, lengths, B, T, U)
     if max_length(lengths, B) > 0:
         Wp = packed_weights(W, 3 * U, D, 3 * U, Wbuf, prepacked)
-        product(B * T, D, x, D, W, 3 * U, False, Wp, 3 * U, xw, 3 * U, isa)
+        if not per_step:
+            product(B * T, D, x, D, W, 3 * U, False, Wp, 3 * U, xw, 3 * U, isa)
+    return Wp
+
+
+cdef inline void _step_inputs(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U, const floating* x,
+                              const floating* Wp, const int64_t* lengths, Py_ssize_t lo, Py_ssize_t hi,
+                              Py_ssize_t s, bint reverse, floating* xw, int isa) noexcept nogil:
+    """per_step: xw's rows lo..hi = step s's x W (row stride 3U), from fused_blas.step_inputs (gathered, when
+    they must be, after xw's B rows). Unlike LSTM's, GRU's h gate keeps x W and h R apart (r multiplies one of
+    them), so the projection is a product of its own, its rows read back from L2 by the gate math."""
+    cdef Py_ssize_t lda
+    cdef const floating* xt = step_inputs(x, T, D, lengths, lo, hi, s, reverse, xw + B * 3 * U, &lda)
+    packed_matmul(hi - lo, D, xt, lda, Wp, 3 * U, xw + lo * 3 * U, 3 * U, isa)
 
 
 cdef void _forward_reset_after(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
@@ -181,23 +200,26 @@ cdef void _forward_reset_after(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssiz
                                const floating* b_in, const floating* b_rec, const floating* h0,
                                const int64_t* lengths, bint reverse, floating* y, floating* h,
                                floating* ws_hprev, floating* ws_gates, floating* ws_vh,
-                               floating* xw, floating* hr, floating* Wbuf, floating* Rbuf, bint prepacked
-                               ) noexcept nogil:
+                               floating* xw, floating* hr, floating* Wbuf, floating* Rbuf, bint prepacked,
+                               bint per_step) noexcept nogil:
     # The running state lives in the output hT (= h); inactive rows are not written.
     cdef Py_ssize_t s, bb, t, lo, hi, n_steps, G = 3 * U, pos
     cdef bint training = ws_hprev != NULL
     cdef int isa = fr_isa()
+    cdef const floating* Wp
     cdef const floating* Rp
     cdef const floating* u
     cdef floating* v
     cdef floating* hrow
     cdef floating* yrow
 
-    _start(B, T, D, U, x, W, h0, lengths, y, h, ws_hprev, ws_gates, ws_vh, xw, Wbuf, isa, prepacked)
+    Wp = _start(B, T, D, U, x, W, h0, lengths, y, h, ws_hprev, ws_gates, ws_vh, xw, Wbuf, isa, prepacked, per_step)
     n_steps = max_length(lengths, B)
     Rp = packed_weights(R, G, U, G, Rbuf, prepacked)
     for s in range(n_steps):
         active_rows(lengths, B, s, &lo, &hi)
+        if per_step:
+            _step_inputs(B, T, D, U, x, Wp, lengths, lo, hi, s, reverse, xw, isa)
         # hr = h @ R (all three gates at once) for the block of rows holding the active ones
         product(hi - lo, U, h + lo * U, U, R, G, False, Rp, G, hr + lo * G, G, isa, panels_backward(s, hi - lo))
         for bb in range(lo, hi):
@@ -205,7 +227,7 @@ cdef void _forward_reset_after(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssiz
                 continue
             t = position(s, lengths[bb], reverse)
             pos = bb * T + t
-            u = xw + pos * G
+            u = xw + (bb if per_step else pos) * G
             v = hr + bb * G
             hrow = h + bb * U
             yrow = y + pos * U
@@ -224,7 +246,7 @@ cdef void _forward_reset_before(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssi
                                 const int64_t* lengths, bint reverse, floating* y, floating* h,
                                 floating* ws_hprev, floating* ws_gates, floating* ws_vh,
                                 floating* xw, floating* hr, floating* rh, floating* Wbuf, floating* Rbuf,
-                                floating* Rhbuf, bint prepacked) noexcept nogil:
+                                floating* Rhbuf, bint prepacked, bint per_step) noexcept nogil:
     # reset_after=False needs r before the h gate's matmul, so each step is: matmul (z, r columns of R),
     # pass 1 (z, r, r * h_prev), matmul (h columns of R), pass 2 (hh, new state). The column blocks of R are
     # addressed in place through BLAS leading dimensions: R[:, :2U] = (R, ld 3U), R[:, 2U:] = (R + 2U, ld 3U)
@@ -232,6 +254,7 @@ cdef void _forward_reset_before(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssi
     cdef Py_ssize_t s, bb, t, lo, hi, n_steps, G = 3 * U, pos
     cdef bint training = ws_hprev != NULL
     cdef int isa = fr_isa()
+    cdef const floating* Wp
     cdef const floating* Rp
     cdef const floating* Rhp
     cdef const floating* u
@@ -239,7 +262,7 @@ cdef void _forward_reset_before(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssi
     cdef floating* hrow
     cdef floating* yrow
 
-    _start(B, T, D, U, x, W, h0, lengths, y, h, ws_hprev, ws_gates, NULL, xw, Wbuf, isa, prepacked)
+    Wp = _start(B, T, D, U, x, W, h0, lengths, y, h, ws_hprev, ws_gates, NULL, xw, Wbuf, isa, prepacked, per_step)
     if ws_vh != NULL:
         memset(ws_vh, 0, B * T * U * sizeof(floating))  # unused here; zeros rather than whatever was there
     n_steps = max_length(lengths, B)
@@ -247,12 +270,14 @@ cdef void _forward_reset_before(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssi
     Rhp = packed_weights(R + 2 * U, G, U, U, Rhbuf, prepacked)
     for s in range(n_steps):
         active_rows(lengths, B, s, &lo, &hi)
+        if per_step:
+            _step_inputs(B, T, D, U, x, Wp, lengths, lo, hi, s, reverse, xw, isa)
         product(hi - lo, U, h + lo * U, U, R, G, False, Rp, 2 * U, hr + lo * G, G, isa, panels_backward(s, hi - lo))
         for bb in range(lo, hi):
             if lengths[bb] <= s:
                 continue
             t = position(s, lengths[bb], reverse)
-            u = xw + (bb * T + t) * G
+            u = xw + (bb if per_step else bb * T + t) * G
             v = hr + bb * G
             hrow = h + bb * U
             gru_gates_row(v, u, bias, U, hrow, rh + bb * U)  # z, r; r * h_prev (fused_blas)
@@ -263,7 +288,7 @@ cdef void _forward_reset_before(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssi
                 continue
             t = position(s, lengths[bb], reverse)
             pos = bb * T + t
-            u = xw + pos * G
+            u = xw + (bb if per_step else pos) * G
             v = hr + bb * G
             hrow = h + bb * U
             yrow = y + pos * U

@@ -309,6 +309,8 @@ cdef inline bint pack_pays_steps(Py_ssize_t steps, Py_ssize_t batch) noexcept no
 # at batch 2 (each step's product is then too small to hide the reads of W) and 1.13-1.43x at 1024 units (W and
 # R, 32 MB, no longer fit the L3 cache with the rest: each step read both from memory). Hence from
 # STEP_PROJECTION_MIN_ROWS rows, with W and R (packed, float or double) of at most STEP_PROJECTION_MAX_BYTES.
+# GRU projects per step too, in a product of its own (its h gate needs x W and h R apart; cython_gru): 0.80-0.90x
+# the time at 128-256 units / batch 64, 0.92x at 256 / 16, 0.96x at 512 / 8-16, both reset_after variants.
 # ---------------------------------------------------------------------------------------------------------------
 
 cdef enum:
@@ -337,22 +339,15 @@ cdef inline bint forward_scratch(Py_ssize_t* sizes, Py_ssize_t B, Py_ssize_t T, 
     return per_step
 
 
-cdef inline void step_preactivations(bint per_step, const floating* x, Py_ssize_t T, Py_ssize_t D,
-                                     const int64_t* lengths, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t s,
-                                     bint reverse, const floating* Wp, const floating* h, Py_ssize_t U,
-                                     const floating* R, const floating* Rp, Py_ssize_t N, floating* hr, floating* xs,
-                                     int isa) noexcept nogil:
-    """Step s's products for rows [lo, hi) (active_rows) of a forward with one gate matrix (LSTM, SimpleRNN):
-    hr = h R, or with per_step (forward_scratch) hr = x_t W + h R in one product over the packed Wp and Rp,
-    x_t read in place from x when every row is at the same position (forward in time, or all of one length),
-    else gathered into xs (B x D: zeros for inactive rows). Rows at lo..hi of h and hr (row strides U, N);
-    inactive rows inside the block are computed and never read."""
-    cdef Py_ssize_t bb, lda = T * D
+cdef inline const floating* step_inputs(const floating* x, Py_ssize_t T, Py_ssize_t D, const int64_t* lengths,
+                                        Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t s, bint reverse, floating* xs,
+                                        Py_ssize_t* lda) noexcept nogil:
+    """The inputs of rows [lo, hi) (active_rows) at step s, for a product projecting them per step: read in
+    place from x (row stride lda = T * D) when every row is at the same position (forward in time, or all of one
+    length), else gathered into xs (B x D, rows at bb * D, lda = D; zeros for inactive rows). Inactive rows inside
+    the block are projected and never read."""
+    cdef Py_ssize_t bb
     cdef bint same = not reverse
-    cdef const floating* xt
-    if not per_step:
-        product(hi - lo, U, h + lo * U, U, R, N, False, Rp, N, hr + lo * N, N, isa, panels_backward(s, hi - lo))
-        return
     if not same:
         same = True
         for bb in range(lo + 1, hi):
@@ -360,15 +355,31 @@ cdef inline void step_preactivations(bint per_step, const floating* x, Py_ssize_
                 same = False
                 break
     if same:
-        xt = x + (lo * T + position(s, lengths[lo], reverse)) * D
-    else:
-        for bb in range(lo, hi):
-            if lengths[bb] <= s:
-                memset(xs + bb * D, 0, D * sizeof(floating))
-            else:
-                memcpy(xs + bb * D, x + (bb * T + position(s, lengths[bb], reverse)) * D, D * sizeof(floating))
-        xt = xs + lo * D
-        lda = D
+        lda[0] = T * D
+        return x + (lo * T + position(s, lengths[lo], reverse)) * D
+    for bb in range(lo, hi):
+        if lengths[bb] <= s:
+            memset(xs + bb * D, 0, D * sizeof(floating))
+        else:
+            memcpy(xs + bb * D, x + (bb * T + position(s, lengths[bb], reverse)) * D, D * sizeof(floating))
+    lda[0] = D
+    return xs + lo * D
+
+
+cdef inline void step_preactivations(bint per_step, const floating* x, Py_ssize_t T, Py_ssize_t D,
+                                     const int64_t* lengths, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t s,
+                                     bint reverse, const floating* Wp, const floating* h, Py_ssize_t U,
+                                     const floating* R, const floating* Rp, Py_ssize_t N, floating* hr, floating* xs,
+                                     int isa) noexcept nogil:
+    """Step s's products for rows [lo, hi) (active_rows) of a forward with one gate matrix (LSTM, SimpleRNN):
+    hr = h R, or with per_step (forward_scratch) hr = x_t W + h R in one product over the packed Wp and Rp,
+    x_t from step_inputs (xs: its gather buffer). Rows at lo..hi of h and hr (row strides U, N)."""
+    cdef Py_ssize_t lda
+    cdef const floating* xt
+    if not per_step:
+        product(hi - lo, U, h + lo * U, U, R, N, False, Rp, N, hr + lo * N, N, isa, panels_backward(s, hi - lo))
+        return
+    xt = step_inputs(x, T, D, lengths, lo, hi, s, reverse, xs, &lda)
     packed_matmul2(hi - lo, D, xt, lda, Wp, U, h + lo * U, U, Rp, N, hr + lo * N, N, isa)
 
 

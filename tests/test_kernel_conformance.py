@@ -115,10 +115,10 @@ def test_kernel_matches_reference_packed_and_blas_products(backend, cell, option
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("cell,options", CELL_OPTIONS, ids=CELL_OPTION_IDS)
 def test_kernel_matches_reference_with_the_input_projection_per_step(backend, cell, options, dtype, lengths):
-    """From 8 rows (fused_blas.step_projection_pays) the Cython LSTM and SimpleRNN project x per step, in one
-    product with h @ R: the step's inputs read in place from x when every row is at the same position (forward
-    in time, or reverse with equal lengths), else gathered (reverse, ragged). Batch 9 = blocks of 4, 4 and 1 rows;
-    features and units not a multiple of a panel's columns. (GRU, whole projection, runs the same shapes.)"""
+    """From 8 rows (fused_blas.step_projection_pays) the Cython kernels project x per step (LSTM and SimpleRNN in
+    one product with h @ R, GRU in a product of its own): the step's inputs read in place from x when every row is
+    at the same position (forward in time, or reverse with equal lengths), else gathered (reverse, ragged).
+    Batch 9 = blocks of 4, 4 and 1 rows; features and units not a multiple of a panel's columns."""
     B, T = 9, 7
     lens = {"full": "full", "mixed": "mixed", "equal": [5] * B}[lengths]
     p = random_problem(cell, B=B, T=T, D=19, U=37, seed=18, lengths=lens, scale=0.3, **options)

@@ -67,7 +67,7 @@ def assert_close(a, b, dtype):
     (1, 20, 5, 37, "full", False),     # batch 1, >= 16 steps: the kernel packs R and W itself too
     (4, 9, 16, 33, "mixed", True),     # ragged, reverse
     (3, 6, 7, 70, "mixed", False),     # units over one panel
-    (9, 7, 19, 37, "mixed", True),     # batch >= 8: x W per step, fused with h R (fused_blas.step_projection_pays)
+    (9, 7, 19, 37, "mixed", True),     # batch >= 8: x W per step (fused_blas.step_projection_pays)
 ])
 def test_whole_batch_kernel_same_bits_with_packed_weights(cell, options, dtype, B, T, D, U, lengths, reverse):
     p = problem(cell, options, B, T, D, U, dtype, lengths, reverse)
@@ -79,7 +79,7 @@ def test_whole_batch_kernel_same_bits_with_packed_weights(cell, options, dtype, 
 @pytest.mark.parametrize("B,T", [(1, 1), (1, 3), (2, 2), (8, 2)])
 def test_short_calls_with_packed_weights_match_the_reference(cell, options, dtype, B, T):
     # Too short for the kernel to pack on its own (BLAS): given packed weights it runs the packed product (at
-    # batch 8, LSTM and SimpleRNN: x W per step, fused with h R).
+    # batch 8: x W per step).
     p = problem(cell, options, B, T, 6, 40, dtype)
     y, states, _ = ops.KERNELS[(cell, "numpy", p.x.dtype)].forward(p, False)
     assert_close(whole_batch(with_packed(p)), (y, states), dtype)
