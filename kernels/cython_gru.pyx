@@ -54,7 +54,7 @@ def gru_forward(cnp.ndarray x not None, cnp.ndarray W not None, cnp.ndarray R no
     cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(x)
     cdef bint pack_w = pack_pays_rows(B * T)
     cdef bint pack_r = pack_pays_steps(max_length(<const int64_t*> cnp.PyArray_DATA(lengths), B), B)
-    cdef bint per_step = (packed is not None or (pack_w and pack_r)) and step_projection_pays(B, D, U, G, item)
+    cdef bint per_step = step_projection_pays(B, D, U, G, item, packed is not None or (pack_w and pack_r))
     cdef Py_ssize_t sizes[6]
     sizes[0] = B * (G + D) if per_step else B * T * G
     sizes[1] = B * G

@@ -13,8 +13,8 @@ from array_args cimport (SMALL_SCRATCH, need, need_backward, need_forward, need_
                          scratch, total)
 from fused_blas cimport (active_inputs, active_rows, backward_scratch, column_sums, flush_denormals,
                          forward_scratch, fr_isa, lstm_backward_row, lstm_row, max_length, pack_for,
-                         packed_matmul2, packed_size, packed_weights, panels_backward, position, product,
-                         restore_fp_mode, step_preactivations, weight_grads, zero_padding)
+                         packed_size, packed_weights, panels_backward, position, product, restore_fp_mode,
+                         step_preactivations, weight_grads, zero_padding)
 
 cnp.import_array()
 

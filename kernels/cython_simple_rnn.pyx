@@ -11,8 +11,8 @@ from libc.string cimport memcpy
 from array_args cimport (SMALL_SCRATCH, need, need_backward, need_forward, need_packed, pack_pair, pair_elements,
                          scratch, total)
 from fused_blas cimport (active_inputs, active_rows, backward_scratch, column_sums, flush_denormals,
-                         forward_scratch, fr_isa, max_length, pack_for, packed_matmul2, packed_size,
-                         packed_weights, panels_backward, position, product, restore_fp_mode,
+                         forward_scratch, fr_isa, max_length, pack_for, packed_size, packed_weights,
+                         panels_backward, position, product, restore_fp_mode,
                          simple_rnn_backward_row, simple_rnn_row, step_preactivations, weight_grads, zero_padding)
 
 cnp.import_array()

@@ -459,6 +459,14 @@ cdef inline void _copy_gates(floating* dst, Py_ssize_t U, const floating* a, Py_
         memcpy(dst + g * U, a + g * nu, nu * sizeof(floating))
 
 
+cdef inline const char* _weights_of(const Shared* S, int k, const char* mine, const Py_ssize_t* off) noexcept nogil:
+    """Where thread k's packed W starts, its packed R off[1] - off[0] bytes after it: its region of pack_split's
+    array when the call was given one (S.packed, the same layout), else its own scratch region `mine`."""
+    if S.packed != NULL:
+        return S.packed + k * S.packed_stride
+    return mine + off[0]
+
+
 cdef void _prepare(floating* typed, Shared* S, int k) noexcept nogil:
     """Everything thread k needs before the time loop, for its units: its columns of W and R packed, its biases,
     its input projection (every position, padded ones too: their rows are never read); and its units' outputs
@@ -472,13 +480,11 @@ cdef void _prepare(floating* typed, Shared* S, int k) noexcept nogil:
     cdef Py_ssize_t off[6]
     cdef char* mine = S.scratch + k * S.stride
     _scratch_offsets(S, sizeof(floating), GN, off)
-    cdef floating* Wp = <floating*> (mine + off[0])
-    cdef floating* Rp = <floating*> (mine + off[1])
+    cdef const char* wts = _weights_of(S, k, mine, off)
+    cdef floating* Wp = <floating*> wts
+    cdef floating* Rp = <floating*> (wts + off[1] - off[0])
     cdef floating* xw = <floating*> (mine + off[2])
     cdef floating* bi = <floating*> (mine + off[4])
-    if S.packed != NULL:
-        Wp = <floating*> (S.packed + k * S.packed_stride)
-        Rp = <floating*> (S.packed + k * S.packed_stride + (off[1] - off[0]))
     cdef floating* br = <floating*> (mine + off[5])
     cdef const floating* b_in = <const floating*> S.b_in
     cdef const floating* b_rec = <const floating*> S.b_rec
@@ -547,13 +553,11 @@ cdef void _thread(floating* typed, Shared* S, int k) noexcept nogil:
     cdef floating* hnext
     cdef char* mine = S.scratch + k * S.stride
     _scratch_offsets(S, sizeof(floating), GN, off)
-    cdef floating* Rp = <floating*> (mine + off[1])
+    cdef floating* Rp = <floating*> (_weights_of(S, k, mine, off) + off[1] - off[0])
     cdef floating* xw = <floating*> (mine + off[2])
     cdef floating* hr = <floating*> (mine + off[3])
     cdef floating* bi = <floating*> (mine + off[4])
     cdef floating* br = <floating*> (mine + off[5])
-    if S.packed != NULL:
-        Rp = <floating*> (S.packed + k * S.packed_stride + (off[1] - off[0]))
     cdef floating* Rp_h = Rp + packed_size(U, 2 * nu, sizeof(floating))   # reset_before: the h gate's columns
     cdef Py_ssize_t GU = G * U
     cdef bint training = S.ws[0] != NULL

@@ -318,10 +318,12 @@ cdef enum:
     STEP_PROJECTION_MAX_BYTES = 8 << 20
 
 
-cdef inline bint step_projection_pays(Py_ssize_t B, Py_ssize_t D, Py_ssize_t U, Py_ssize_t N,
-                                      Py_ssize_t itemsize) noexcept nogil:
-    """Whether a forward with W (D, N) and R (U, N), both packed, projects x per step (above)."""
-    return B >= STEP_PROJECTION_MIN_ROWS and packed_size(D + U, N, itemsize) * itemsize <= STEP_PROJECTION_MAX_BYTES
+cdef inline bint step_projection_pays(Py_ssize_t B, Py_ssize_t D, Py_ssize_t U, Py_ssize_t N, Py_ssize_t itemsize,
+                                      bint packed) noexcept nogil:
+    """Whether a forward with W (D, N) and R (U, N) projects x per step (above). packed: W and R both packed,
+    by the caller or by this call (the per-step products run on the packed panels only)."""
+    return packed and B >= STEP_PROJECTION_MIN_ROWS and \
+        packed_size(D + U, N, itemsize) * itemsize <= STEP_PROJECTION_MAX_BYTES
 
 
 cdef inline bint forward_scratch(Py_ssize_t* sizes, Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
@@ -331,7 +333,7 @@ cdef inline bint forward_scratch(Py_ssize_t* sizes, Py_ssize_t B, Py_ssize_t T, 
     products, W packed and R packed where that pays (else 0: BLAS reads them as they are; 0 too when `given`,
     packed by the caller). Returns whether to project per step. GRU, whose R is split, lays out its own."""
     cdef bint pack_w = pack_pays_rows(B * T), pack_r = pack_pays_steps(steps, B)
-    cdef bint per_step = (given or (pack_w and pack_r)) and step_projection_pays(B, D, U, N, itemsize)
+    cdef bint per_step = step_projection_pays(B, D, U, N, itemsize, given or (pack_w and pack_r))
     sizes[0] = B * D if per_step else B * T * N
     sizes[1] = B * N
     sizes[2] = packed_elements(D, N, itemsize) if pack_w and not given else 0
