@@ -38,7 +38,7 @@ def extension(name, path, extra_args=(), optional=False):
     return Extension(
         "fastrnn.kernels." + name,
         [os.path.relpath(path, HERE)],
-        # kernels/: packed_gemm.h, included through fused_blas.pxd
+        # kernels/: packed_gemm.h and gate_grads.h, included through fused_blas.pxd
         include_dirs=[numpy.get_include(), os.path.relpath(KERNELS, HERE)],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=BASE_ARGS + list(extra_args),

@@ -155,6 +155,10 @@ cdef extern from "packed_gemm.h":
     void fr_matmul2_f64(int M, int K, const double* A, Py_ssize_t lda, const double* P, int K2, const double* A2,
                         Py_ssize_t lda2, const double* P2, int N, double* C, Py_ssize_t ldc, int acc, int backward,
                         int isa) noexcept nogil
+    void fr_transpose_f32(const float* A, Py_ssize_t lda, Py_ssize_t rows, Py_ssize_t cols, float* AT,
+                          Py_ssize_t ldt) noexcept nogil
+    void fr_transpose_f64(const double* A, Py_ssize_t lda, Py_ssize_t rows, Py_ssize_t cols, double* AT,
+                          Py_ssize_t ldt) noexcept nogil
 
 # fr_matmul passes each panel over all rows of A: past ~1 MB of A (a core's L2 here) the rows come from L3, and
 # the input projection of 6400 x 512 @ 512 x 2048 fell to 91 GFLOP/s (1600 rows: 105). packed_matmul hands it
@@ -508,19 +512,11 @@ cdef inline Py_ssize_t weight_grads_work(Py_ssize_t M, Py_ssize_t N, Py_ssize_t 
 
 cdef inline void _transpose_block(const floating* A, Py_ssize_t lda, Py_ssize_t rows, Py_ssize_t cols,
                                   floating* AT) noexcept nogil:
-    """AT (cols, rows), row stride rows = the rows x cols block of A (row stride lda), transposed in 16 x 16
-    tiles (a plain strided copy misses the cache on every write)."""
-    cdef Py_ssize_t i0 = 0, j0, i, j, i1, j1
-    while i0 < rows:
-        i1 = min(i0 + 16, rows)
-        j0 = 0
-        while j0 < cols:
-            j1 = min(j0 + 16, cols)
-            for j in range(j0, j1):
-                for i in range(i0, i1):
-                    AT[j * rows + i] = A[i * lda + j]
-            j0 += 16
-        i0 += 16
+    """AT (cols, rows), row stride rows = the rows x cols block of A (row stride lda), transposed (packed_gemm.h)."""
+    if floating is float:
+        fr_transpose_f32(A, lda, rows, cols, AT, rows)
+    else:
+        fr_transpose_f64(A, lda, rows, cols, AT, rows)
 
 
 cdef inline void weight_grads(Py_ssize_t K, Py_ssize_t N, const floating* dZ, Py_ssize_t ldz,
@@ -837,29 +833,43 @@ cdef inline void simple_rnn_backward_row(const floating* hnew, const floating* d
             da[j] = g * (one - hv * hv)
 
 
+cdef extern from "gate_grads.h":
+    # The loops of the three functions below, in C for restrict (gate_grads.h says why)
+    void fr_lstm_grads_f32(const float* gates, const float* cprev, const float* dyrow, const float* dh, float* dc,
+                           float* da, Py_ssize_t n, Py_ssize_t stride) noexcept nogil
+    void fr_lstm_grads_f64(const double* gates, const double* cprev, const double* dyrow, const double* dh,
+                           double* dc, double* da, Py_ssize_t n, Py_ssize_t stride) noexcept nogil
+    void fr_gru_grads_f32(const float* gates, const float* hprev, const float* vh, const float* dyrow, float* dh,
+                          float* du, float* dv, Py_ssize_t n, Py_ssize_t stride) noexcept nogil
+    void fr_gru_grads_f64(const double* gates, const double* hprev, const double* vh, const double* dyrow,
+                          double* dh, double* du, double* dv, Py_ssize_t n, Py_ssize_t stride) noexcept nogil
+    void fr_gru_reset_grads1_f32(const float* gates, const float* hprev, const float* dyrow, float* dh, float* da,
+                                 Py_ssize_t n, Py_ssize_t stride) noexcept nogil
+    void fr_gru_reset_grads1_f64(const double* gates, const double* hprev, const double* dyrow, double* dh,
+                                 double* da, Py_ssize_t n, Py_ssize_t stride) noexcept nogil
+    void fr_gru_reset_grads2_f32(const float* gates, const float* hprev, const float* drh, float* dh, float* da,
+                                 Py_ssize_t n, Py_ssize_t stride) noexcept nogil
+    void fr_gru_reset_grads2_f64(const double* gates, const double* hprev, const double* drh, double* dh,
+                                 double* da, Py_ssize_t n, Py_ssize_t stride) noexcept nogil
+
+
 cdef inline void lstm_backward_row(const floating* gates, const floating* cprev, const floating* cnew,
                                    const floating* dyrow, const floating* dh, floating* dc, floating* da,
                                    Py_ssize_t n, Py_ssize_t stride) noexcept nogil:
     """da (i, f, g, o) = the gradients w.r.t. the gates' pre-activations; dc = dc_t * f, the gradient w.r.t. c_{t-1}
-    (dh itself is replaced by da @ R.T)."""
+    (dh itself is replaced by da @ R.T):
+        dh_t = dh + dy,  dc_t = dc + dh_t * o * (1 - tanh(c_t)^2)
+        da_i = dc_t * g * i (1 - i),  da_f = dc_t * c_{t-1} * f (1 - f),  da_g = dc_t * i * (1 - g^2),
+        da_o = dh_t * tanh(c_t) * o (1 - o)
+    All pointers to different buffers (restrict, in gate_grads.h)."""
     cdef Py_ssize_t j
-    cdef floating one = 1, gi, gf, gg, go, tc, dht, dct
     # tanh(c_t) goes to the o-gate slot first, in a loop of its own that gcc vectorizes
     for j in range(n):
         da[3 * stride + j] = tanh_(cnew[j])
-    for j in range(n):
-        gi = gates[j]
-        gf = gates[stride + j]
-        gg = gates[2 * stride + j]
-        go = gates[3 * stride + j]
-        tc = da[3 * stride + j]
-        dht = dh[j] + dyrow[j]
-        dct = dc[j] + dht * go * (one - tc * tc)
-        da[j] = dct * gg * gi * (one - gi)                   # input gate
-        da[stride + j] = dct * cprev[j] * gf * (one - gf)    # forget gate
-        da[2 * stride + j] = dct * gi * (one - gg * gg)      # candidate
-        da[3 * stride + j] = dht * tc * go * (one - go)      # output gate
-        dc[j] = dct * gf
+    if floating is float:
+        fr_lstm_grads_f32(gates, cprev, dyrow, dh, dc, da, n, stride)
+    else:
+        fr_lstm_grads_f64(gates, cprev, dyrow, dh, dc, da, n, stride)
 
 
 cdef inline void gru_backward_row(const floating* gates, const floating* hprev, const floating* vh,
@@ -867,53 +877,34 @@ cdef inline void gru_backward_row(const floating* gates, const floating* hprev, 
                                   Py_ssize_t n, Py_ssize_t stride) noexcept nogil:
     """GRU, reset_after=True. du (z, r, h) = the gradients w.r.t. the input projection's gates, dv the same w.r.t.
     the recurrent projection (its h gate is r * du's); dh = (dh + dy) * z, the direct path (dv @ R.T is added by
-    the caller)."""
-    cdef Py_ssize_t j
-    cdef floating one = 1, z, r, hh, dht, daz, dar, dah
-    for j in range(n):
-        z = gates[j]
-        r = gates[stride + j]
-        hh = gates[2 * stride + j]
-        dht = dh[j] + dyrow[j]
-        dah = dht * (one - z) * (one - hh * hh)      # w.r.t. hh's pre-activation
-        daz = dht * (hprev[j] - hh) * z * (one - z)
-        dar = dah * vh[j] * r * (one - r)
-        du[j] = daz
-        du[stride + j] = dar
-        du[2 * stride + j] = dah
-        dv[j] = daz
-        dv[stride + j] = dar
-        dv[2 * stride + j] = dah * r
-        dh[j] = dht * z
+    the caller):
+        dh_t = dh + dy,  da_h = dh_t (1 - z)(1 - hh^2),  da_z = dh_t (h_prev - hh) z (1 - z),
+        da_r = da_h * vh * r (1 - r)   (vh = the h gate's h_prev R + b_rec)
+    All pointers to different buffers (restrict, in gate_grads.h)."""
+    if floating is float:
+        fr_gru_grads_f32(gates, hprev, vh, dyrow, dh, du, dv, n, stride)
+    else:
+        fr_gru_grads_f64(gates, hprev, vh, dyrow, dh, du, dv, n, stride)
 
 
 cdef inline void gru_reset_backward_row1(const floating* gates, const floating* hprev, const floating* dyrow,
                                          floating* dh, floating* da, Py_ssize_t n, Py_ssize_t stride) noexcept nogil:
     """GRU, reset_after=False, before the product d(r * h_prev) = da_h @ R_h.T: da's z slot = dz (made da_z by
     row2), its h slot = da_h; dh = (dh + dy) * z, the direct path."""
-    cdef Py_ssize_t j
-    cdef floating one = 1, z, hh, dht
-    for j in range(n):
-        z = gates[j]
-        hh = gates[2 * stride + j]
-        dht = dh[j] + dyrow[j]
-        da[j] = dht * (hprev[j] - hh)
-        da[2 * stride + j] = dht * (one - z) * (one - hh * hh)
-        dh[j] = dht * z
+    if floating is float:
+        fr_gru_reset_grads1_f32(gates, hprev, dyrow, dh, da, n, stride)
+    else:
+        fr_gru_reset_grads1_f64(gates, hprev, dyrow, dh, da, n, stride)
 
 
 cdef inline void gru_reset_backward_row2(const floating* gates, const floating* hprev, const floating* drh,
                                          floating* dh, floating* da, Py_ssize_t n, Py_ssize_t stride) noexcept nogil:
     """GRU, reset_after=False, after that product (drh = d(r * h_prev)): da's z, r slots = da_z, da_r; dh += the
     reset path drh * r (da_zr @ R[:, :2U].T is added by the caller)."""
-    cdef Py_ssize_t j
-    cdef floating one = 1, z, r
-    for j in range(n):
-        z = gates[j]
-        r = gates[stride + j]
-        da[j] = da[j] * z * (one - z)
-        da[stride + j] = drh[j] * hprev[j] * r * (one - r)
-        dh[j] += drh[j] * r
+    if floating is float:
+        fr_gru_reset_grads2_f32(gates, hprev, drh, dh, da, n, stride)
+    else:
+        fr_gru_reset_grads2_f64(gates, hprev, drh, dh, da, n, stride)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -227,4 +227,39 @@ static void NAME(int M, int K, const T* A, ptrdiff_t lda, const T* P, int N, T* 
 FR_DEFINE_DISPATCH(float, fr_matmul_f32, fr_matmul2_f32)
 FR_DEFINE_DISPATCH(double, fr_matmul_f64, fr_matmul2_f64)
 
+/* fr_transpose_f32 / fr_transpose_f64: AT (cols, rows), row stride ldt = the rows x cols block of A (row stride
+   lda), transposed in 16 x 16 tiles (a plain strided copy misses the cache on every write): the left operand of
+   the weight gradients' products (fused_blas.weight_grads). A function of its own, restrict, out of line: inlined
+   into weight_grads, gcc kept its pointers on the stack and the copy took ~5 cycles an element. */
+#ifndef FR_RESTRICT  /* also in gate_grads.h */
+#if defined(__GNUC__) || defined(__clang__)
+#define FR_RESTRICT __restrict__
+#elif defined(_MSC_VER)
+#define FR_RESTRICT __restrict
+#else
+#define FR_RESTRICT restrict
+#endif
+#endif
+#if defined(__GNUC__) || defined(__clang__)
+#define FR_NOINLINE __attribute__((noinline))
+#else
+#define FR_NOINLINE
+#endif
+#define FR_DEFINE_TRANSPOSE(T, NAME)                                                                        \
+FR_NOINLINE static void NAME(const T* FR_RESTRICT A, ptrdiff_t lda, ptrdiff_t rows, ptrdiff_t cols,         \
+                             T* FR_RESTRICT AT, ptrdiff_t ldt) {                                            \
+    ptrdiff_t i0, j0, i, j;                                                                                 \
+    for (i0 = 0; i0 < rows; i0 += 16) {                                                                     \
+        const ptrdiff_t i1 = i0 + 16 < rows ? i0 + 16 : rows;                                               \
+        for (j0 = 0; j0 < cols; j0 += 16) {                                                                 \
+            const ptrdiff_t j1 = j0 + 16 < cols ? j0 + 16 : cols;                                           \
+            for (j = j0; j < j1; j++)                                                                       \
+                for (i = i0; i < i1; i++)                                                                   \
+                    AT[j * ldt + i] = A[i * lda + j];                                                       \
+        }                                                                                                   \
+    }                                                                                                       \
+}
+FR_DEFINE_TRANSPOSE(float, fr_transpose_f32)
+FR_DEFINE_TRANSPOSE(double, fr_transpose_f64)
+
 #endif  /* FASTRNN_PACKED_GEMM_H */
