@@ -30,10 +30,12 @@ vector extensions, compiled for AVX-512, AVX2+FMA and baseline x86-64 and picked
 as fast as OpenBLAS's single-threaded sgemv on these shapes, 2x and more at 2-4 rows. It also does each thread's
 share of the input projection x W (its own columns, all time steps, before the loop).
 
-Threads: POSIX threads started per call (n - 1 of them; the calling thread is thread 0), each on another CPU
-than the caller's, and finished before the call returns (fr_parallel). Starting one costs ~30-40 us here (waking
-the idle core), which the calling thread spends on the preparation of threads that have not started yet
-(packing, projection: _prepare is claimed by whichever thread gets to it first). The barrier spins on a GCC
+Threads: a pool of POSIX threads started on first use and kept (n - 1 of them; the calling thread is thread 0),
+each finished with its part before the call returns (fr_parallel). Between calls a worker waits ~200 us on the
+CPU, then sleeps; one woken from sleep starts ~40 us late here (it is first pinned off the caller's CPU), which
+the calling thread spends on the preparation of threads that have not started yet (packing, projection:
+_prepare is claimed by whichever thread gets to it first). Threads started per call, as before, cost ~30-90 us
+a call (2 threads passing one barrier: 32-46 us back to back, 91 us after 2 ms idle; the pool: 2.4 and 44 us). The barrier spins on a GCC
 __atomic counter: PAUSE, then sched_yield(), then short sleeps (fr_wait): 40-130 ns per barrier here between
 two threads doing nothing else, 100-350 ns per step inside the kernel (the barrier, and h's cache lines changing
 cores; measured at 2-32 units, where a step has almost no work). Each thread sets FTZ/DAZ for itself and
@@ -231,20 +233,27 @@ cdef extern from *:
 
     /* ---------------------------------------------------------------------------------------------------------
        fr_parallel(n, fn, ctx, barrier): fn(ctx, k) for k = 0..n-1 on n threads (k = 0 on the calling thread);
-       returns when all have finished. No start barrier: each thread starts on its own work at once, so that
-       starting a thread (~50-150 us on this VM, mostly waking the idle core) overlaps the calling thread's work.
-       The threads are detached and count themselves out in `finished` as their last access to the caller's
-       memory; the caller waits for that count (spinning, like a barrier) instead of pthread_join, which would
-       sleep until the thread has exited and then take as long to wake up. Each starts on another CPU than the
-       caller's (FR_PIN_START).
-       Returns 0, or -1 when a thread could not be started: then the barrier is aborted (threads waiting in it,
-       or arriving later, leave fn early), the outputs are incomplete and the caller must compute them otherwise.
+       returns when all have finished. No start barrier: each thread starts on its own work at once.
+
+       The threads k >= 1 are a pool's, started on first use and kept: starting a thread per call (and waiting
+       for it to count itself out) cost ~42 us a call here (2 threads passing one barrier: 46 us, 4 us alone), a
+       sixth of a GRU call of 128 units at batch 1 on 2 threads. A worker that has finished its part waits for
+       the next for ~200 us (fr_spin_while; back-to-back calls, a service's or a benchmark's, find it there) and
+       then sleeps on a condition variable, which the next call signals.
+       Each worker has a slot of its own (task, generation, done flag): a call writes the slots of workers
+       1..n-1 only, and waits until each has marked its slot done, so a slot is never rewritten while read.
+       One call at a time: another thread's call while the pool is busy gets -1 (the caller reruns it on its
+       own thread; fastrnn._column_split runs one column-split call at a time anyway).
+       Each worker starts on a CPU other than the caller's (FR_PIN_START). After fork() the child has no workers
+       and starts its own.
+       Returns 0, or -1 when the pool is busy or a worker could not be started; then no work was handed out and
+       nothing was written.
        --------------------------------------------------------------------------------------------------------- */
     typedef void (*fr_task)(void* ctx, int k);
 
     /* Linux starts a new thread on its creator's CPU (measured here in most runs: both threads then share one
        core until the scheduler moves one, milliseconds later, and 1000 barriers took 16-48 ms instead of
-       0.1-0.4 ms). So each thread starts pinned to a CPU other than the caller's (the allowed CPUs after the
+       0.1-0.4 ms). So each worker starts pinned to a CPU other than the caller's (the allowed CPUs after the
        caller's, in turn), and unpins itself at once: a starting place, not a binding. */
     #if FR_HAVE_PTHREADS && defined(__linux__) && defined(_GNU_SOURCE) && defined(CPU_SETSIZE)
     #define FR_PIN_START 1
@@ -252,84 +261,221 @@ cdef extern from *:
     #define FR_PIN_START 0
     #endif
 
-    typedef struct { fr_task fn; void* ctx; int k; unsigned int* finished; const void* allowed; } fr_thread_arg;
-
     #define FR_MAX_THREADS 256
 
-    /* Tests: pretend that starting thread k fails when k == fr_fail_thread (0: never). */
+    /* Tests: pretend that starting thread k fails when k == fr_fail_thread (0: never): the call returns -1
+       (whether or not the pool already has that worker). */
     static int fr_fail_thread = 0;
 
-    static void* fr_trampoline(void* p) {
-        fr_thread_arg a = *(fr_thread_arg*) p;  /* p is on the caller's stack: copied before anything else */
+    #if FR_HAVE_PTHREADS
+    typedef struct {
+        fr_task fn;
+        void* ctx;
+        int k;
+        unsigned int gen;       /* bumped (release) by the caller when the slot holds a new task */
+        unsigned int done;      /* set to gen (release) by the worker when it has finished that task */
+        pthread_t tid;
+        int sleeping;           /* in pthread_cond_wait (guarded by fr_pool.mu) */
     #if FR_PIN_START
-        if (a.allowed)  /* started on a CPU of its own (fr_parallel); from now on the scheduler's choice again */
-            pthread_setaffinity_np(pthread_self(), sizeof(cpu_set_t), (const cpu_set_t*) a.allowed);
+        cpu_set_t start_cpu, allowed;
+        int pin;                /* start_cpu / allowed are set */
     #endif
-        a.fn(a.ctx, a.k);
-        FR_ADD(a.finished, 1u);  /* the last access to the caller's memory */
+    } FR_ALIGN64 fr_slot;
+
+    static struct {
+        pthread_mutex_t mu;     /* guards the sleep / wake-up of workers */
+        pthread_cond_t cv;
+        int sleepers;
+        int workers;            /* started so far: slots 1..workers */
+        int busy;               /* a call is running */
+        int atfork;             /* the fork handler is registered */
+        fr_slot slot[FR_MAX_THREADS];
+    } fr_pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0};
+
+    static void fr_pool_after_fork(void) {
+        pthread_mutex_init(&fr_pool.mu, NULL);
+        pthread_cond_init(&fr_pool.cv, NULL);
+        fr_pool.sleepers = 0;
+        fr_pool.workers = 0;
+        fr_pool.busy = 0;
+        memset(fr_pool.slot, 0, sizeof(fr_pool.slot));
+    }
+
+    /* An idle worker's wait for *word != value, before it sleeps: FR_IDLE_ROUNDS rounds of 64 PAUSEs and a
+       sched_yield() (~2 us each here: ~200 us in all). The yields let another thread that wants this core have it
+       at once (more threads than cores: 3 threads passing one barrier on these 2 cores took 200 us a call with
+       ~100 us of PAUSE first, 60 us with threads started per call); 1 if the word changed. */
+    #ifndef FR_IDLE_ROUNDS
+    #define FR_IDLE_ROUNDS 100
+    #endif
+    static int fr_spin_while(const unsigned int* word, unsigned int value) {
+        int r, i;
+        for (r = 0; r < FR_IDLE_ROUNDS; r++) {
+            for (i = 0; i < 64; i++) {
+                if (FR_LOAD(word) != value)
+                    return 1;
+                fr_pause();
+            }
+            sched_yield();
+        }
+        return FR_LOAD(word) != value;
+    }
+
+    static void* fr_worker(void* p) {
+        fr_slot* s = (fr_slot*) p;
+        unsigned int seen = 0;
+    #if FR_PIN_START
+        if (s->pin)  /* started on a CPU of its own; from now on the scheduler's choice again */
+            pthread_setaffinity_np(pthread_self(), sizeof(cpu_set_t), &s->allowed);
+    #endif
+        for (;;) {
+            if (!fr_spin_while(&s->gen, seen)) {
+                int slept = 0;
+                pthread_mutex_lock(&fr_pool.mu);
+                while (FR_LOAD(&s->gen) == seen) {
+                    fr_pool.sleepers++;
+                    s->sleeping = 1;
+                    pthread_cond_wait(&fr_pool.cv, &fr_pool.mu);
+                    s->sleeping = 0;
+                    fr_pool.sleepers--;
+                    slept = 1;
+                }
+                pthread_mutex_unlock(&fr_pool.mu);
+    #if FR_PIN_START
+                if (slept && s->pin)  /* woken on another CPU than the caller's (fr_parallel): unpinned again */
+                    pthread_setaffinity_np(pthread_self(), sizeof(cpu_set_t), &s->allowed);
+    #else
+                (void) slept;
+    #endif
+            }
+            seen = FR_LOAD(&s->gen);
+            s->fn(s->ctx, s->k);
+            FR_STORE(&s->done, seen);  /* the last access to the caller's memory for this task */
+        }
         return NULL;
     }
 
+    /* Starts workers until there are n - 1; 0, or -1 if the system refused one. */
+    static int fr_pool_grow(int n) {
+        pthread_t tid;
+        pthread_attr_t attr;
+        int k;
+    #if FR_PIN_START
+        cpu_set_t allowed;
+        int others[FR_MAX_THREADS], n_others = 0, c, me = sched_getcpu();
+        if (sched_getaffinity(0, sizeof(allowed), &allowed) == 0)
+            for (c = 1; c <= CPU_SETSIZE && n_others < FR_MAX_THREADS; c++) {
+                int cpu = ((me < 0 ? 0 : me) + c) % CPU_SETSIZE;   /* the CPUs after this one, in turn */
+                if (cpu != me && CPU_ISSET(cpu, &allowed))
+                    others[n_others++] = cpu;
+            }
+    #endif
+        if (!fr_pool.atfork) {
+            if (pthread_atfork(NULL, NULL, fr_pool_after_fork) != 0)
+                return -1;
+            fr_pool.atfork = 1;
+        }
+        for (k = fr_pool.workers + 1; k < n; k++) {
+            fr_slot* s = &fr_pool.slot[k];
+            memset(s, 0, sizeof(*s));
+            if (pthread_attr_init(&attr) != 0)
+                return -1;
+            pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    #if FR_PIN_START
+            if (n_others > 0) {
+                CPU_ZERO(&s->start_cpu);
+                CPU_SET(others[(k - 1) % n_others], &s->start_cpu);
+                if (pthread_attr_setaffinity_np(&attr, sizeof(cpu_set_t), &s->start_cpu) == 0) {
+                    s->allowed = allowed;
+                    s->pin = 1;
+                }
+            }
+    #endif
+            if (pthread_create(&tid, &attr, fr_worker, s) != 0) {
+                pthread_attr_destroy(&attr);
+                return -1;
+            }
+            s->tid = tid;
+            pthread_attr_destroy(&attr);
+            fr_pool.workers = k;
+        }
+        return 0;
+    }
+    #endif
+
+    #if FR_PIN_START
+    /* Linux wakes a thread on its waker's CPU when it judges that cheaper (wake_affine): a sleeping worker woken
+       by the caller then shared the caller's core (2 threads passing one barrier after 2 ms idle: 136 us a call,
+       91 us with threads started per call). So, before the wake-up, each sleeping worker of slots 1..n-1 is
+       pinned to a CPU other than the caller's (in turn, as fr_pool_grow starts them); it unpins itself once
+       awake. Called with fr_pool.mu held. */
+    static void fr_pin_sleepers(int n) {
+        cpu_set_t one;
+        int k, c, me = sched_getcpu(), others[FR_MAX_THREADS], n_others = 0;
+        const cpu_set_t* allowed = &fr_pool.slot[1].allowed;
+        if (!fr_pool.slot[1].pin || me < 0)
+            return;
+        for (c = 1; c <= CPU_SETSIZE && n_others < FR_MAX_THREADS; c++) {
+            int cpu = (me + c) % CPU_SETSIZE;
+            if (cpu != me && CPU_ISSET(cpu, allowed))
+                others[n_others++] = cpu;
+        }
+        if (n_others == 0)
+            return;
+        for (k = 1; k < n; k++)
+            if (fr_pool.slot[k].sleeping) {
+                CPU_ZERO(&one);
+                CPU_SET(others[(k - 1) % n_others], &one);
+                pthread_setaffinity_np(fr_pool.slot[k].tid, sizeof(one), &one);
+            }
+    }
+    #endif
+
     static int fr_parallel(int n, fr_task fn, void* ctx, fr_barrier* bar) {
+        (void) bar;
         if (n <= 1) {
             fn(ctx, 0);
             return 0;
         }
     #if FR_HAVE_PTHREADS
-        if (n > FR_MAX_THREADS)
-            return -1;
         {
-            pthread_t tid;
-            pthread_attr_t attr;
-            fr_thread_arg args[FR_MAX_THREADS];
-            int k, started = 1;
-            unsigned int finished = 0, seen;
+            int k, expected = 0, status = 0;
+            if (n > FR_MAX_THREADS || (fr_fail_thread >= 1 && fr_fail_thread < n))
+                return -1;
+            if (!__atomic_compare_exchange_n(&fr_pool.busy, &expected, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+                return -1;
+            if (n - 1 > fr_pool.workers && fr_pool_grow(n) != 0)
+                status = -1;
+            if (status == 0) {
+                for (k = 1; k < n; k++) {
+                    fr_slot* s = &fr_pool.slot[k];
+                    s->fn = fn; s->ctx = ctx; s->k = k;
+                    FR_STORE(&s->gen, s->gen + 1u);
+                }
+                pthread_mutex_lock(&fr_pool.mu);
+                if (fr_pool.sleepers > 0) {
     #if FR_PIN_START
-            cpu_set_t allowed, one;
-            int others[FR_MAX_THREADS], n_others = 0, c, me = sched_getcpu();
-            if (sched_getaffinity(0, sizeof(allowed), &allowed) == 0)
-                for (c = 1; c <= CPU_SETSIZE && n_others < FR_MAX_THREADS; c++) {
-                    int cpu = ((me < 0 ? 0 : me) + c) % CPU_SETSIZE;   /* the CPUs after this one, in turn */
-                    if (cpu != me && CPU_ISSET(cpu, &allowed))
-                        others[n_others++] = cpu;
-                }
+                    fr_pin_sleepers(n);
     #endif
-            for (k = 1; k < n; k++) {
-                if (pthread_attr_init(&attr) != 0)
-                    break;
-                pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-                args[k].fn = fn; args[k].ctx = ctx; args[k].k = k; args[k].finished = &finished;
-                args[k].allowed = NULL;
-    #if FR_PIN_START
-                if (n_others > 0) {
-                    CPU_ZERO(&one);
-                    CPU_SET(others[(k - 1) % n_others], &one);
-                    if (pthread_attr_setaffinity_np(&attr, sizeof(one), &one) == 0)
-                        args[k].allowed = &allowed;
+                    pthread_cond_broadcast(&fr_pool.cv);
                 }
-    #endif
-                if (k == fr_fail_thread || pthread_create(&tid, &attr, fr_trampoline, &args[k]) != 0) {
-                    pthread_attr_destroy(&attr);
-                    break;
-                }
-                pthread_attr_destroy(&attr);
-                started++;
-            }
-            if (started == n)
+                pthread_mutex_unlock(&fr_pool.mu);
                 fn(ctx, 0);
-            else
-                FR_STORE(&bar->abort, 1);
-            /* wait for the started threads to count themselves out */
-            while ((seen = FR_LOAD(&finished)) < (unsigned int) (started - 1))
-                fr_wait(&finished, seen, NULL, NULL);
-            return started == n ? 0 : -1;
+                for (k = 1; k < n; k++) {  /* until every worker has finished its part */
+                    fr_slot* s = &fr_pool.slot[k];
+                    unsigned int v;
+                    while ((v = FR_LOAD(&s->done)) != s->gen)
+                        fr_wait(&s->done, v, NULL, NULL);
+                }
+            }
+            __atomic_store_n(&fr_pool.busy, 0, __ATOMIC_RELEASE);
+            return status;
         }
     #else
-        (void) fn; (void) ctx; (void) bar;
+        (void) fn; (void) ctx;
         return -1;
     #endif
     }
-
     """
     ctypedef struct fr_barrier:
         int n

@@ -6,7 +6,9 @@ lengths (0 included), reverse, batch 1-4, units that the thread count does not d
 each instruction set of the matmul, subnormal inputs, and the dispatch from ops. No timed assertions; a hang
 (a barrier nobody leaves) fails the module with every thread's traceback.
 """
+import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -334,6 +336,32 @@ def test_many_repeated_calls_same_bits():
     first = cs.forward(p, 2)
     for k in range(1500):
         assert_same_bits(cs.forward(p, 2 + k % 2), first)
+
+
+def test_pool_workers_woken_from_sleep_and_after_fork():
+    """The pool's workers wait on the CPU for ~200 us after a call, then sleep: calls after a pause wake them (same
+    bits, both threads used); a forked child has no workers and starts its own."""
+    p = problem("gru", {}, 1, 12, 8, 48, np.float32)
+    first = cs.forward(p, 1)
+    for pause in (0, 0.005, 0.02):
+        time.sleep(pause)
+        stats = {}
+        assert_same_bits(cs.forward(p, 2, stats), first)
+        assert stats["threads"] == 2
+    if not hasattr(os, "fork"):
+        return
+    pid = os.fork()
+    if pid == 0:  # the child: exit status 0 if its split call gives the same bits on 2 threads
+        code = 1
+        try:
+            stats = {}
+            y, finals = cs.forward(p, 2, stats)
+            same = np.array_equal(y.view(np.uint32), first[0].view(np.uint32))
+            code = 0 if same and stats["threads"] == 2 else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
 
 
 def test_concurrent_python_callers():
