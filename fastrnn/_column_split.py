@@ -23,13 +23,19 @@ thread owns it), and equal to the single-threaded Cython kernel to float roundin
 so fastrnn.set_num_threads(1) and (2) give results that differ in the last bits for the problems this takes).
 
 When it pays (measured side by side on this 2-core VM, float32, T=100, against the single-threaded Cython kernel
-and against fastrnn.threads' row split; the figures are in the report of issue 6). A call costs ~30-40 us more to
-start and finish the threads, and packing W's and R's columns costs about what a few steps cost; every step then
-costs about half (each core streams half of R). So:
+and against fastrnn.threads' row split; the figures are in the report of issue 6). Handing a call to the kernel's
+kept threads costs ~3 us back to back, ~40 us when they have gone to sleep (kernels/cython_threaded.pyx;
+threads started per call cost 30-90 us until stop 18), and packing W's and R's columns costs about what a few
+steps cost; every step then costs about half (each core streams half of R), plus a barrier (0.1-0.35 us). So:
+- enough work per step: at least MIN_STEP_FLOPS_PER_THREAD of a step's matmul (2 * B * G * U^2) per thread.
+  Measured at batch 1-2, T=100, 2 threads, over one thread (stop 18): LSTM 64 units 0.67x (33 KFLOP a step),
+  GRU 64 0.92x (25 K), SimpleRNN 128 1.07x (33 K); GRU 96 1.22x (55 K), LSTM 96 1.38x (74 K), SimpleRNN 192
+  1.36x (74 K), LSTM 64 at batch 2 1.18x (66 K); training alike (LSTM 64 0.89x, GRU 96 1.13x, LSTM 96 1.18x);
 - enough steps: at least MIN_STEPS, and at least MIN_RECURRENT_FLOPS of per-step matmul work in total
-  (2 * B * steps * G * U^2): break-even measured at 5-10 MFLOP, 1.3-1.6x at ~10-25, 1.5-2.1x beyond
-  (batch 1: LSTM 1.3x at 128 units, 1.65-2.1x at 256-1024; GRU 1.4-2.0x; SimpleRNN 1.0-1.2x at 128-256, 1.9-2.0x
-  at 512-1024);
+  (2 * B * steps * G * U^2): with the kept threads (stop 18) GRU 128 units at T=20 (2.0 MFLOP) 1.08x, T=40 1.29x,
+  LSTM 128 at T=20 (2.6 MFLOP) 1.22x (training 1.23x), SimpleRNN 256 at T=20 1.17x; earlier, threads started per
+  call, break-even was at 5-10 MFLOP (batch 1: LSTM 1.3x at 128 units, 1.65-2.1x at 256-1024; GRU 1.4-2.0x;
+  SimpleRNN 1.0-1.2x at 128-256, 1.9-2.0x at 512-1024);
 - small batches: up to MAX_BATCH rows. At batch 4 this split beat the row split at every point measured (1.1-2.1x
   vs 1.0-1.6x over one thread, LSTM/GRU/SimpleRNN at 128-512 units). Up to LARGE_R_MAX_BATCH when R is large
   (LARGE_R_BYTES or more: each core streams half of R each step instead of all of it): at batch 8, 1.4-2.2x vs
@@ -48,7 +54,7 @@ costs about half (each core streams half of R). So:
 - training takes the same policy: its backward does the forward's recurrent products once more (with R.T) and its
   products over all positions split by rows and columns without a barrier. Measured (issue 6, stop 12; T=100,
   float32, forward + backward, 2 threads, interleaved in one run): batch 1, over one thread, LSTM 1.15x at 128 units,
-  1.7-1.8x at 256-1024; GRU 1.2x, 1.5-2.0x; SimpleRNN 1.3-1.7x at 256-1024 (128: below MIN_RECURRENT_FLOPS).
+  1.7-1.8x at 256-1024; GRU 1.2x, 1.5-2.0x; SimpleRNN 1.3-1.7x at 256-1024 (128: below MIN_STEP_FLOPS_PER_THREAD).
   Against the row split: batch 2 (which it does not split) 1.3-1.65x, batch 4 1.1-1.25x, batch 8 0.98-1.09x,
   batch 16 0.96-1.03x (LSTM, 128-512 units).
 
@@ -77,7 +83,8 @@ LARGE_R_BYTES = 512 * 1024
 HUGE_R_MAX_BATCH = 32
 HUGE_R_BYTES = 8 * 1024 * 1024
 MIN_STEPS = 20
-MIN_RECURRENT_FLOPS = 8e6
+MIN_RECURRENT_FLOPS = 2e6
+MIN_STEP_FLOPS_PER_THREAD = 24e3
 # Contention backoff (module docstring): a call is contended when a thread waited more than CONTENDED_WAIT of it;
 # when the moving average of contended calls exceeds CONTENDED_SHARE, calls run on one thread for BACKOFF_S
 # (doubling while it recurs, up to BACKOFF_MAX_S).
@@ -132,7 +139,7 @@ def worthwhile(p, n_threads):
     r_bytes = _GATES[p.cell] * U * U * p.x.dtype.itemsize
     max_batch = HUGE_R_MAX_BATCH if r_bytes >= HUGE_R_BYTES else LARGE_R_MAX_BATCH if r_bytes >= LARGE_R_BYTES \
         else MAX_BATCH
-    if B > max_batch:
+    if B > max_batch or 2.0 * B * _GATES[p.cell] * U * U / min(n_threads, U) < MIN_STEP_FLOPS_PER_THREAD:
         return False
     if recurrent_flops(p, T) < MIN_RECURRENT_FLOPS:  # too little work even with no padding: no need for the lengths
         return False

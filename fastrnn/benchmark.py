@@ -323,7 +323,8 @@ def peer_point(cell, mode, units, batch, timesteps, threads, min_rounds=7, budge
     load = OtherLoad()
     # No `pools`: every runner is a pool of its own, so each is timed after its own prewarm, torch's and
     # onnxruntime's too. fastrnn's two backends share SciPy's OpenBLAS, but the Cython one runs batch 1-4 on both
-    # cores (the column split, a thread started per call), which is slower while the other core wakes from idle:
+    # cores (the column split; its kept threads sleep after ~200 us idle), which is slower while the other core
+    # wakes from idle:
     # timed right after the Numba call (one thread at batch 1), LSTM 256/1 took 1.44-1.65 ms instead of 1.13,
     # LSTM 128/1 0.69 instead of 0.56, GRU 512/1 5.94 instead of 5.39 (2 threads, same run).
     med = time_side_by_side(calls, min_rounds=min_rounds, max_rounds=max(min_rounds, 50), budget_s=budget_s,

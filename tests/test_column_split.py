@@ -400,6 +400,11 @@ def test_policy():
     assert cs.worthwhile(big, 2)
     assert not cs.worthwhile(big, 1)
     assert not cs.worthwhile(problem("lstm", {}, 1, 5, 8, 16, np.float32), 2), "too little work"
+    assert not cs.worthwhile(problem("lstm", {}, 1, 100, 8, 64, np.float32), 2), "too little work per step"
+    assert cs.worthwhile(problem("lstm", {}, 2, 100, 8, 64, np.float32), 2), "twice the rows: enough per step"
+    assert cs.worthwhile(problem("gru", {}, 1, 100, 8, 96, np.float32), 2)
+    assert cs.worthwhile(problem("lstm", {}, 1, cs.MIN_STEPS, 8, 128, np.float32), 2), "few steps, enough work"
+    assert not cs.worthwhile(problem("lstm", {}, 2, 100, 8, 64, np.float32), 4), "a quarter of a step each"
     assert not cs.worthwhile(problem("lstm", {}, 1, cs.MIN_STEPS - 1, 8, 1024, np.float32), 2), "too few steps"
     short = problem("lstm", {}, 1, 100, 8, 128, np.float32, lengths=[cs.MIN_STEPS - 1])
     assert not cs.worthwhile(short, 2), "steps are the longest row's length"
