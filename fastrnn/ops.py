@@ -169,6 +169,10 @@ class CompiledKernel:
         packed = p.packed.whole if (p.packed is not None and self.name == "cython") else None
         if bounds is None:  # the whole batch on this thread: no closure, no handoff (a T=1 call costs ~10 us)
             _kernel_forward(mod, p, training, p.x, p.lengths, p.initial_states, (y, *finals), ws, packed)
+        elif self.name == "cython" and p.cell in ROW_BLOCK_CELLS:
+            # the blocks handed to the kernel's threads in C (kernels/README.md, "Row blocks")
+            _kernel_forward(mod, p, training, p.x, p.lengths, p.initial_states, (y, *finals), ws, packed,
+                            np.asarray(bounds, np.int64), threads.kernel_threads())
         else:
             def run(k):
                 # Rows r of every batch-major array are a kernel problem of their own (kernels/README.md).
@@ -230,10 +234,15 @@ def training_workspaces(cell, B, T, U, dtype):
     return tuple(views)
 
 
-def _kernel_forward(mod, p, training, x, lengths, states, out, ws, packed=None):
+ROW_BLOCK_CELLS = ("lstm", "simple_rnn", "gru")
+
+
+def _kernel_forward(mod, p, training, x, lengths, states, out, ws, packed=None, bounds=None, n_threads=1):
     """One forward kernel call of problem p on rows given by x, lengths, states, out (y and finals) and ws;
     packed: PackedWeights.whole for a Cython module, else None (Numba's kernels take no such argument)."""
     extra = () if packed is None else (packed,)
+    if bounds is not None:
+        extra = (packed, bounds, n_threads)
     if p.cell == "lstm":
         mod.lstm_forward(x, p.W, p.R, p.b, states[0], states[1], lengths, p.reverse, training, *out, *ws, *extra)
     elif p.cell == "simple_rnn":

@@ -8,6 +8,7 @@ a memoryview did not), with errors that name the argument. Each module that cimp
 cnp.import_array() once.
 """
 cimport numpy as cnp
+from cpython.pycapsule cimport PyCapsule_GetPointer
 from libc.stdint cimport int64_t
 
 from fused_blas cimport pack, packed_size
@@ -197,3 +198,115 @@ cdef inline object scratch(double* small, int tn, Py_ssize_t n, void** data):
     arr = cnp.PyArray_EMPTY(1, &size, tn, 0)
     data[0] = cnp.PyArray_DATA(arr)
     return arr
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Row blocks on several threads (a forward's `bounds`): the blocks run on the kept threads of the column-split
+# module's pool (kernels/cython_threaded.pyx, fr_parallel), handed over in C. fastrnn.threads' Python pool hands
+# each block over through the GIL, whose waiter sleeps: ~0.1 ms of a 0.65 ms call (SimpleRNN 128/16, 2 threads).
+# ---------------------------------------------------------------------------------------------------------------
+
+ctypedef void (*row_task)(void* ctx, int k) noexcept nogil
+ctypedef int (*parallel_fn)(int n, row_task fn, void* ctx, void* unused) noexcept nogil
+
+cdef extern from *:
+    """
+    /* The next unclaimed block of a call's row blocks (threads claim them as they get free). */
+    static inline int fr_next_block(int* next) {
+    #if defined(__GNUC__)
+        return __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+    #else
+        return (*next)++;   /* no threads without GCC atomics (fr_parallel then runs one) */
+    #endif
+    }
+    """
+    int fr_next_block(int* next) noexcept nogil
+
+
+cdef inline parallel_fn row_pool() except? NULL:
+    """fr_parallel of the column-split module this CPU uses, or NULL where it is not built."""
+    try:
+        from fastrnn.kernels import cython_module
+        cap = cython_module("cython_threaded")._parallel_capsule()
+    except (ImportError, AttributeError):
+        return NULL
+    return <parallel_fn> PyCapsule_GetPointer(cap, b"fastrnn.fr_parallel")
+
+
+cdef inline int need_bounds(cnp.ndarray bounds, Py_ssize_t B) except -1:
+    """bounds: int64 [0, b1, ..., B], increasing, at least two blocks."""
+    cdef Py_ssize_t k, n
+    cdef const int64_t* v
+    if cnp.PyArray_TYPE(bounds) != cnp.NPY_INT64 or cnp.PyArray_NDIM(bounds) != 1 or \
+            not cnp.PyArray_ISCARRAY_RO(bounds) or bounds.shape[0] < 3:
+        raise ValueError(f"bounds must be a C-contiguous int64 array [0, ..., batch={B}] of 3 or more entries")
+    n = bounds.shape[0]
+    v = <const int64_t*> cnp.PyArray_DATA(bounds)
+    if v[0] != 0 or v[n - 1] != B:
+        raise ValueError(f"bounds must start at 0 and end at batch={B}")
+    for k in range(n - 1):
+        if v[k + 1] <= v[k]:
+            raise ValueError("bounds must be strictly increasing")
+    return 0
+
+
+cdef struct row_blocks:
+    # A forward in row blocks: block k is rows [bounds[k], bounds[k+1]), a forward of its own (the kernel contract
+    # holds for any rows of the batch-major arrays) with W and R packed once for all (`packed`), its scratch at
+    # work + offsets[k] (elements); the threads claim blocks in turn (fr_next_block). Each cell's task reads the
+    # fields it has (c0 / cT: LSTM; b2 = b_rec, flag = reset_after: GRU; flag = relu: SimpleRNN).
+    const int64_t* bounds
+    int n_blocks
+    int next
+    Py_ssize_t T, D, U
+    bint reverse, training, flag
+    const void* x
+    const void* W
+    const void* R
+    const void* b
+    const void* b2
+    const void* h0
+    const void* c0
+    const int64_t* lengths
+    void* y
+    void* hT
+    void* cT
+    void* ws[4]
+    void* packed
+    void* work
+    const Py_ssize_t* offsets
+
+
+cdef inline void* data_or_null(cnp.ndarray a, bint use) noexcept:
+    return cnp.PyArray_DATA(a) if use else NULL
+
+
+cdef inline int start_row_blocks(row_blocks* c, cnp.ndarray bounds, cnp.ndarray x, cnp.ndarray W, cnp.ndarray R,
+                                 cnp.ndarray h0, cnp.ndarray lengths, bint reverse, bint training, cnp.ndarray y,
+                                 cnp.ndarray hT) except -1:
+    """The fields every cell's row blocks have (bounds checked); the rest is the cell's."""
+    need_bounds(bounds, x.shape[0])
+    c.bounds = <const int64_t*> cnp.PyArray_DATA(bounds)
+    c.n_blocks = <int> bounds.shape[0] - 1
+    c.next = 0
+    c.T, c.D, c.U = x.shape[1], x.shape[2], R.shape[0]
+    c.reverse, c.training, c.flag = reverse, training, False
+    c.x, c.W, c.R = cnp.PyArray_DATA(x), cnp.PyArray_DATA(W), cnp.PyArray_DATA(R)
+    c.b = c.b2 = c.c0 = NULL
+    c.h0, c.lengths = cnp.PyArray_DATA(h0), <const int64_t*> cnp.PyArray_DATA(lengths)
+    c.y, c.hT, c.cT = cnp.PyArray_DATA(y), cnp.PyArray_DATA(hT), NULL
+    c.ws[0] = c.ws[1] = c.ws[2] = c.ws[3] = NULL
+    return 0
+
+
+cdef inline int run_row_blocks(row_blocks* c, int n_threads, row_task task) except -1:
+    """task on min(n_threads, blocks) threads of the pool (row_pool); on this thread alone, all blocks, where the
+    pool is not built or is busy. GIL released."""
+    cdef parallel_fn pool = row_pool()
+    cdef int n = min(n_threads, c.n_blocks), status = -1
+    with nogil:
+        if pool != NULL:
+            status = pool(n, task, c, NULL)
+        if status != 0:
+            task(c, 0)
+    return 0

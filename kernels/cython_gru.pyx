@@ -6,13 +6,16 @@
     reset_after=False: one bias b_in;  z, r as above with v = h_{t-1} R[:, :2U],  hh = tanh(u_h + (r * h_{t-1}) R_h)
     h_t = z * h_{t-1} + (1 - z) * hh
 """
+import numpy as np
+
 cimport numpy as cnp
 from cython cimport floating
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy, memset
 
-from array_args cimport (SMALL_SCRATCH, need, need_backward, need_forward, need_packed, need_weights, new_packed,
-                         pack_pair, pair_elements, scratch, total)
+from array_args cimport (SMALL_SCRATCH, data_or_null, fr_next_block, need, need_backward, need_forward, need_packed,
+                         need_weights, new_packed, pack_pair, pair_elements, row_blocks, run_row_blocks, scratch,
+                         start_row_blocks, total)
 from fused_blas cimport (active_inputs, active_rows, column_sums, flush_denormals, fr_isa, gru_backward_row,
                          gru_gates_row, gru_reset_backward_row1, gru_reset_backward_row2, gru_row, gru_state_row,
                          has_padding, max_length, pack, pack_for, pack_pays_rows, pack_pays_steps,
@@ -31,7 +34,8 @@ def gru_forward(cnp.ndarray x not None, cnp.ndarray W not None, cnp.ndarray R no
                 cnp.ndarray b_in not None, cnp.ndarray b_rec not None, cnp.ndarray h0 not None,
                 cnp.ndarray lengths not None, bint reverse, bint reset_after, bint training,
                 cnp.ndarray y not None, cnp.ndarray hT not None, cnp.ndarray ws_hprev not None,
-                cnp.ndarray ws_gates not None, cnp.ndarray ws_vh not None, packed=None):
+                cnp.ndarray ws_gates not None, cnp.ndarray ws_vh not None, packed=None, bounds=None,
+                int n_threads=1):
     # ndarray arguments, checked by array_args: a call costs ~0.7 us here (T=1 layer calls are ~6 us in all)
     cdef Py_ssize_t dims[4]
     cdef int tn = need_forward(x, W, R, 3, h0, lengths, y, hT, dims)
@@ -51,21 +55,18 @@ def gru_forward(cnp.ndarray x not None, cnp.ndarray W not None, cnp.ndarray R no
     # reset_after=False one step's r * h_prev (zeroed: rows never written stay finite numbers), and W and R
     # packed for fused_blas.product where that pays (pack_pays; else NULL); reset_after=False: R's [z, r] columns
     # and its h columns packed apart. With `packed` (gru_pack's W and R) nothing is packed here.
+    if bounds is not None and n_threads > 1:
+        # Row blocks [bounds[k], bounds[k+1]) on n_threads threads (kernels/README.md, "Row blocks")
+        _forward_rows(x, W, R, b_in, b_rec, h0, lengths, reverse, reset_after, training, y, hT, ws_hprev, ws_gates,
+                      ws_vh, with_vh, packed, bounds, n_threads, tn)
+        return
     cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(x)
-    cdef bint pack_w = pack_pays_rows(B * T)
-    cdef bint pack_r = pack_pays_steps(max_length(<const int64_t*> cnp.PyArray_DATA(lengths), B), B)
-    cdef bint per_step = step_projection_pays(B, D, U, G, item, packed is not None or (pack_w and pack_r))
     cdef Py_ssize_t sizes[6]
-    sizes[0] = B * (G + D) if per_step else B * T * G
-    sizes[1] = B * G
-    sizes[2] = 0 if reset_after else B * U
-    sizes[3] = packed_elements(D, G, item) if pack_w else 0
-    sizes[4] = packed_elements(U, (3 if reset_after else 2) * U, item) if pack_r else 0
-    sizes[5] = packed_elements(U, U, item) if pack_r and not reset_after else 0
+    cdef bint per_step = _scratch_sizes(sizes, B, T, D, U, max_length(<const int64_t*> cnp.PyArray_DATA(lengths), B),
+                                        reset_after, item, packed is not None)
     cdef void* given = NULL
     if packed is not None:
         given = need_packed(packed, tn, _packed_total(D, U, reset_after, item))
-        sizes[3] = sizes[4] = sizes[5] = 0
     cdef double small[SMALL_SCRATCH]
     cdef void* work
     held = scratch(small, tn, total(sizes, 6), &work)
@@ -75,6 +76,102 @@ def gru_forward(cnp.ndarray x not None, cnp.ndarray W not None, cnp.ndarray R no
     else:
         _forward_arrays(<double*> work, sizes, <double*> given, per_step, x, W, R, b_in, b_rec, h0, lengths,
                         reverse, reset_after, training, y, hT, ws_hprev, ws_gates, ws_vh, with_vh)
+
+
+cdef bint _scratch_sizes(Py_ssize_t* sizes, Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssize_t U,
+                         Py_ssize_t steps, bint reset_after, Py_ssize_t item, bint given) noexcept nogil:
+    """The parts of gru_forward's scratch block (above) for B rows; `given`: W and R packed by the caller.
+    Returns whether to project x per step."""
+    cdef Py_ssize_t G = 3 * U
+    cdef bint pack_w = pack_pays_rows(B * T), pack_r = pack_pays_steps(steps, B)
+    cdef bint per_step = step_projection_pays(B, D, U, G, item, given or (pack_w and pack_r))
+    sizes[0] = B * (G + D) if per_step else B * T * G
+    sizes[1] = B * G
+    sizes[2] = 0 if reset_after else B * U
+    sizes[3] = packed_elements(D, G, item) if pack_w and not given else 0
+    sizes[4] = packed_elements(U, (3 if reset_after else 2) * U, item) if pack_r and not given else 0
+    sizes[5] = packed_elements(U, U, item) if pack_r and not reset_after and not given else 0
+    return per_step
+
+
+cdef object _forward_rows(cnp.ndarray x, cnp.ndarray W, cnp.ndarray R, cnp.ndarray b_in, cnp.ndarray b_rec,
+                          cnp.ndarray h0, cnp.ndarray lengths, bint reverse, bint reset_after, bint training,
+                          cnp.ndarray y, cnp.ndarray hT, cnp.ndarray ws_hprev, cnp.ndarray ws_gates,
+                          cnp.ndarray ws_vh, bint with_vh, packed, cnp.ndarray bounds, int n_threads, int tn):
+    """gru_forward in row blocks on n_threads threads (array_args.row_blocks), W and R packed once (gru_pack)."""
+    cdef row_blocks c
+    start_row_blocks(&c, bounds, x, W, R, h0, lengths, reverse, training, y, hT)
+    cdef Py_ssize_t T = c.T, D = c.D, U = c.U, item = cnp.PyArray_ITEMSIZE(x), k, b0, bk, sizes[6]
+    if packed is None:
+        packed = gru_pack(W, R, reset_after)
+    c.packed = need_packed(packed, tn, _packed_total(D, U, reset_after, item))
+    c.b, c.b2, c.flag = cnp.PyArray_DATA(b_in), cnp.PyArray_DATA(b_rec), reset_after
+    c.ws[0], c.ws[1] = data_or_null(ws_hprev, training), data_or_null(ws_gates, training)
+    c.ws[2] = data_or_null(ws_vh, training and with_vh)
+    # every block's scratch (_scratch_sizes for its rows, W and R given) in one allocation
+    offsets = np.empty(c.n_blocks + 1, np.intp)
+    cdef Py_ssize_t[::1] off = offsets
+    off[0] = 0
+    for k in range(c.n_blocks):
+        b0, bk = c.bounds[k], c.bounds[k + 1] - c.bounds[k]
+        _scratch_sizes(sizes, bk, T, D, U, max_length(c.lengths + b0, bk), reset_after, item, True)
+        off[k + 1] = off[k] + total(sizes, 3)
+    cdef double small[SMALL_SCRATCH]
+    held = scratch(small, tn, off[c.n_blocks], &c.work)
+    c.offsets = &off[0]
+    run_row_blocks(&c, n_threads, _rows_task_f32 if tn == cnp.NPY_FLOAT32 else _rows_task_f64)
+    return held
+
+
+cdef void _rows_task_f32(void* ctx, int k) noexcept nogil:
+    _rows_task(<row_blocks*> ctx, <float*> NULL)
+
+
+cdef void _rows_task_f64(void* ctx, int k) noexcept nogil:
+    _rows_task(<row_blocks*> ctx, <double*> NULL)
+
+
+cdef void _rows_task(row_blocks* c, floating* dtype) noexcept nogil:
+    """The blocks this thread claims, each a forward of its own rows (FTZ/DAZ set for this thread)."""
+    cdef Py_ssize_t T = c.T, D = c.D, U = c.U, G = 3 * U, b0, bk, sizes[6]
+    cdef int j
+    cdef bint per_step, reset_after = c.flag
+    cdef floating* xw
+    cdef floating* rh
+    cdef floating* pW = <floating*> c.packed
+    cdef floating* pR = pW + packed_size(D, G, sizeof(floating))
+    cdef floating* pRh = pR + packed_size(U, (3 if reset_after else 2) * U, sizeof(floating))
+    cdef floating* ws[3]
+    cdef unsigned int fp_mode = flush_denormals()
+    while True:
+        j = fr_next_block(&c.next)
+        if j >= c.n_blocks:
+            break
+        b0, bk = c.bounds[j], c.bounds[j + 1] - c.bounds[j]
+        per_step = _scratch_sizes(sizes, bk, T, D, U, max_length(c.lengths + b0, bk), reset_after,
+                                  sizeof(floating), True)
+        xw = <floating*> c.work + c.offsets[j]
+        rh = xw + sizes[0] + sizes[1]
+        ws[0] = ws[1] = ws[2] = NULL
+        if c.training:
+            ws[0] = <floating*> c.ws[0] + b0 * T * U
+            ws[1] = <floating*> c.ws[1] + b0 * T * G
+            if c.ws[2] != NULL:
+                ws[2] = <floating*> c.ws[2] + b0 * T * U
+        if reset_after:
+            _forward_reset_after(bk, T, D, U, <const floating*> c.x + b0 * T * D, <const floating*> c.W,
+                                 <const floating*> c.R, <const floating*> c.b, <const floating*> c.b2,
+                                 <const floating*> c.h0 + b0 * U, c.lengths + b0, c.reverse,
+                                 <floating*> c.y + b0 * T * U, <floating*> c.hT + b0 * U, ws[0], ws[1], ws[2], xw,
+                                 xw + sizes[0], pW, pR, True, per_step)
+        else:
+            memset(rh, 0, sizes[2] * sizeof(floating))
+            _forward_reset_before(bk, T, D, U, <const floating*> c.x + b0 * T * D, <const floating*> c.W,
+                                  <const floating*> c.R, <const floating*> c.b, <const floating*> c.h0 + b0 * U,
+                                  c.lengths + b0, c.reverse, <floating*> c.y + b0 * T * U,
+                                  <floating*> c.hT + b0 * U, ws[0], ws[1], ws[2], xw, xw + sizes[0], rh, pW, pR,
+                                  pRh, True, per_step)
+    restore_fp_mode(fp_mode)
 
 
 def gru_pack(cnp.ndarray W not None, cnp.ndarray R not None, bint reset_after):

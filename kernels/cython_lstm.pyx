@@ -4,13 +4,15 @@
     a = x_t W + h_{t-1} R + b  ->  i, f, o = sigmoid(a_i, a_f, a_o),  g = tanh(a_c)
     c_t = f * c_{t-1} + i * g,  h_t = o * tanh(c_t)          (gate columns in the order i, f, c, o)
 """
+import numpy as np
+
 cimport numpy as cnp
 from cython cimport floating
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy
 
-from array_args cimport (SMALL_SCRATCH, need, need_backward, need_forward, need_packed, pack_pair, pair_elements,
-                         scratch, total)
+from array_args cimport (SMALL_SCRATCH, data_or_null, fr_next_block, need, need_backward, need_forward, need_packed,
+                         pack_pair, pair_elements, row_blocks, run_row_blocks, scratch, start_row_blocks, total)
 from fused_blas cimport (active_inputs, active_rows, backward_scratch, column_sums, flush_denormals,
                          forward_scratch, fr_isa, lstm_backward_row, lstm_row, max_length, pack_for,
                          packed_size, packed_weights, panels_backward, position, product, restore_fp_mode,
@@ -27,7 +29,7 @@ def lstm_forward(cnp.ndarray x not None, cnp.ndarray W not None, cnp.ndarray R n
                  cnp.ndarray h0 not None, cnp.ndarray c0 not None, cnp.ndarray lengths not None, bint reverse,
                  bint training, cnp.ndarray y not None, cnp.ndarray hT not None, cnp.ndarray cT not None,
                  cnp.ndarray ws_hprev not None, cnp.ndarray ws_cprev not None, cnp.ndarray ws_gates not None,
-                 cnp.ndarray ws_c not None, packed=None):
+                 cnp.ndarray ws_c not None, packed=None, bounds=None, int n_threads=1):
     # ndarray arguments, checked by array_args: a call costs ~0.7 us here (T=1 layer calls are ~6 us in all)
     cdef Py_ssize_t dims[4]
     cdef int tn = need_forward(x, W, R, 4, h0, lengths, y, hT, dims)
@@ -40,6 +42,11 @@ def lstm_forward(cnp.ndarray x not None, cnp.ndarray W not None, cnp.ndarray R n
         need("ws_cprev", ws_cprev, tn, True, 3, B, T, U)
         need("ws_gates", ws_gates, tn, True, 3, B, T, G)
         need("ws_c", ws_c, tn, True, 3, B, T, U)
+    if bounds is not None and n_threads > 1:
+        # Row blocks [bounds[k], bounds[k+1]) on n_threads threads (kernels/README.md, "Row blocks")
+        _forward_rows(x, W, R, b, h0, c0, lengths, reverse, training, y, hT, cT, ws_hprev, ws_cprev, ws_gates,
+                      ws_c, packed, bounds, n_threads, tn)
+        return
     # Scratch, once per call, in one block (its parts: fused_blas.forward_scratch); NULL for what is not packed.
     # With `packed` (lstm_pack's W and R) nothing is packed here.
     cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(x)
@@ -58,6 +65,73 @@ def lstm_forward(cnp.ndarray x not None, cnp.ndarray W not None, cnp.ndarray R n
     else:
         _forward_arrays(<double*> work, sizes, <double*> given, per_step, x, W, R, b, h0, c0, lengths, reverse,
                         training, y, hT, cT, ws_hprev, ws_cprev, ws_gates, ws_c)
+
+
+cdef object _forward_rows(cnp.ndarray x, cnp.ndarray W, cnp.ndarray R, cnp.ndarray b, cnp.ndarray h0,
+                          cnp.ndarray c0, cnp.ndarray lengths, bint reverse, bint training, cnp.ndarray y,
+                          cnp.ndarray hT, cnp.ndarray cT, cnp.ndarray ws_hprev, cnp.ndarray ws_cprev,
+                          cnp.ndarray ws_gates, cnp.ndarray ws_c, packed, cnp.ndarray bounds, int n_threads, int tn):
+    """lstm_forward in row blocks on n_threads threads (array_args.row_blocks), W and R packed once for all."""
+    cdef row_blocks c
+    start_row_blocks(&c, bounds, x, W, R, h0, lengths, reverse, training, y, hT)
+    cdef Py_ssize_t T = c.T, D = c.D, U = c.U, G = 4 * U, item = cnp.PyArray_ITEMSIZE(x), k, b0, bk, sizes[4]
+    if packed is None:
+        packed = pack_pair(W, R, 4)
+    c.packed = need_packed(packed, tn, pair_elements(D, U, G, item))
+    c.b, c.c0, c.cT = cnp.PyArray_DATA(b), cnp.PyArray_DATA(c0), cnp.PyArray_DATA(cT)
+    c.ws[0], c.ws[1] = data_or_null(ws_hprev, training), data_or_null(ws_cprev, training)
+    c.ws[2], c.ws[3] = data_or_null(ws_gates, training), data_or_null(ws_c, training)
+    # every block's scratch (forward_scratch for its rows, W and R given) in one allocation
+    offsets = np.empty(c.n_blocks + 1, np.intp)
+    cdef Py_ssize_t[::1] off = offsets
+    off[0] = 0
+    for k in range(c.n_blocks):
+        b0, bk = c.bounds[k], c.bounds[k + 1] - c.bounds[k]
+        forward_scratch(sizes, bk, T, D, U, G, max_length(c.lengths + b0, bk), item, True)
+        off[k + 1] = off[k] + total(sizes, 2)
+    cdef double small[SMALL_SCRATCH]
+    held = scratch(small, tn, off[c.n_blocks], &c.work)
+    c.offsets = &off[0]
+    run_row_blocks(&c, n_threads, _rows_task_f32 if tn == cnp.NPY_FLOAT32 else _rows_task_f64)
+    return held
+
+
+cdef void _rows_task_f32(void* ctx, int k) noexcept nogil:
+    _rows_task(<row_blocks*> ctx, <float*> NULL)
+
+
+cdef void _rows_task_f64(void* ctx, int k) noexcept nogil:
+    _rows_task(<row_blocks*> ctx, <double*> NULL)
+
+
+cdef void _rows_task(row_blocks* c, floating* dtype) noexcept nogil:
+    """The blocks this thread claims, each a _forward of its own rows (FTZ/DAZ set for this thread)."""
+    cdef Py_ssize_t T = c.T, D = c.D, U = c.U, G = 4 * U, b0, bk, sizes[4]
+    cdef int j
+    cdef bint per_step
+    cdef floating* xw
+    cdef floating* Wp = <floating*> c.packed
+    cdef floating* Rp = Wp + packed_size(D, G, sizeof(floating))
+    cdef floating* ws[4]
+    cdef unsigned int fp_mode = flush_denormals()
+    while True:
+        j = fr_next_block(&c.next)
+        if j >= c.n_blocks:
+            break
+        b0, bk = c.bounds[j], c.bounds[j + 1] - c.bounds[j]
+        per_step = forward_scratch(sizes, bk, T, D, U, G, max_length(c.lengths + b0, bk), sizeof(floating), True)
+        xw = <floating*> c.work + c.offsets[j]
+        ws[0] = ws[1] = ws[2] = ws[3] = NULL
+        if c.training:
+            ws[0] = <floating*> c.ws[0] + b0 * T * U
+            ws[1] = <floating*> c.ws[1] + b0 * T * U
+            ws[2] = <floating*> c.ws[2] + b0 * T * G
+            ws[3] = <floating*> c.ws[3] + b0 * T * U
+        _forward(bk, T, D, U, <const floating*> c.x + b0 * T * D, <const floating*> c.W, <const floating*> c.R,
+                 <const floating*> c.b, <const floating*> c.h0 + b0 * U, <const floating*> c.c0 + b0 * U,
+                 c.lengths + b0, c.reverse, <floating*> c.y + b0 * T * U, <floating*> c.hT + b0 * U,
+                 <floating*> c.cT + b0 * U, ws[0], ws[1], ws[2], ws[3], xw, xw + sizes[0], Wp, Rp, True, per_step)
+    restore_fp_mode(fp_mode)
 
 
 def lstm_pack(cnp.ndarray W not None, cnp.ndarray R not None):

@@ -3,13 +3,15 @@
 
     h_t = act(x_t W + h_{t-1} R + b),  act = tanh or relu
 """
+import numpy as np
+
 cimport numpy as cnp
 from cython cimport floating
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy
 
-from array_args cimport (SMALL_SCRATCH, need, need_backward, need_forward, need_packed, pack_pair, pair_elements,
-                         scratch, total)
+from array_args cimport (SMALL_SCRATCH, data_or_null, fr_next_block, need, need_backward, need_forward, need_packed,
+                         pack_pair, pair_elements, row_blocks, run_row_blocks, scratch, start_row_blocks, total)
 from fused_blas cimport (active_inputs, active_rows, backward_scratch, column_sums, flush_denormals,
                          forward_scratch, fr_isa, max_length, pack_for, packed_size, packed_weights,
                          panels_backward, position, product, restore_fp_mode,
@@ -25,7 +27,8 @@ cnp.import_array()
 def simple_rnn_forward(cnp.ndarray x not None, cnp.ndarray W not None, cnp.ndarray R not None,
                        cnp.ndarray b not None, cnp.ndarray h0 not None, cnp.ndarray lengths not None,
                        bint reverse, bint relu, bint training, cnp.ndarray y not None, cnp.ndarray hT not None,
-                       cnp.ndarray ws_hprev not None, cnp.ndarray ws_h not None, packed=None):
+                       cnp.ndarray ws_hprev not None, cnp.ndarray ws_h not None, packed=None, bounds=None,
+                       int n_threads=1):
     # ndarray arguments, checked by array_args: a call costs ~0.7 us here (T=1 layer calls are ~6 us in all)
     cdef Py_ssize_t dims[4]
     cdef int tn = need_forward(x, W, R, 1, h0, lengths, y, hT, dims)
@@ -34,6 +37,11 @@ def simple_rnn_forward(cnp.ndarray x not None, cnp.ndarray W not None, cnp.ndarr
     if training:  # else ignored (the contract: they may have size 0)
         need("ws_hprev", ws_hprev, tn, True, 3, B, T, U)
         need("ws_h", ws_h, tn, True, 3, B, T, U)
+    if bounds is not None and n_threads > 1:
+        # Row blocks [bounds[k], bounds[k+1]) on n_threads threads (kernels/README.md, "Row blocks")
+        _forward_rows(x, W, R, b, h0, lengths, reverse, relu, training, y, hT, ws_hprev, ws_h, packed, bounds,
+                      n_threads, tn)
+        return
     # Scratch, once per call, in one block (its parts: fused_blas.forward_scratch); NULL for what is not packed.
     # With `packed` (simple_rnn_pack's W and R) nothing is packed here.
     cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(x)
@@ -52,6 +60,70 @@ def simple_rnn_forward(cnp.ndarray x not None, cnp.ndarray W not None, cnp.ndarr
     else:
         _forward_arrays(<double*> work, sizes, <double*> given, per_step, x, W, R, b, h0, lengths, reverse, relu,
                         training, y, hT, ws_hprev, ws_h)
+
+
+cdef object _forward_rows(cnp.ndarray x, cnp.ndarray W, cnp.ndarray R, cnp.ndarray b, cnp.ndarray h0,
+                          cnp.ndarray lengths, bint reverse, bint relu, bint training, cnp.ndarray y,
+                          cnp.ndarray hT, cnp.ndarray ws_hprev, cnp.ndarray ws_h, packed, cnp.ndarray bounds,
+                          int n_threads, int tn):
+    """simple_rnn_forward in row blocks on n_threads threads (array_args.row_blocks), W and R packed once."""
+    cdef row_blocks c
+    start_row_blocks(&c, bounds, x, W, R, h0, lengths, reverse, training, y, hT)
+    cdef Py_ssize_t T = c.T, D = c.D, U = c.U, item = cnp.PyArray_ITEMSIZE(x), k, b0, bk, sizes[4]
+    if packed is None:
+        packed = pack_pair(W, R, 1)
+    c.packed = need_packed(packed, tn, pair_elements(D, U, U, item))
+    c.b, c.flag = cnp.PyArray_DATA(b), relu
+    c.ws[0], c.ws[1] = data_or_null(ws_hprev, training), data_or_null(ws_h, training)
+    # every block's scratch (forward_scratch for its rows, W and R given) in one allocation
+    offsets = np.empty(c.n_blocks + 1, np.intp)
+    cdef Py_ssize_t[::1] off = offsets
+    off[0] = 0
+    for k in range(c.n_blocks):
+        b0, bk = c.bounds[k], c.bounds[k + 1] - c.bounds[k]
+        forward_scratch(sizes, bk, T, D, U, U, max_length(c.lengths + b0, bk), item, True)
+        off[k + 1] = off[k] + total(sizes, 2)
+    cdef double small[SMALL_SCRATCH]
+    held = scratch(small, tn, off[c.n_blocks], &c.work)
+    c.offsets = &off[0]
+    run_row_blocks(&c, n_threads, _rows_task_f32 if tn == cnp.NPY_FLOAT32 else _rows_task_f64)
+    return held
+
+
+cdef void _rows_task_f32(void* ctx, int k) noexcept nogil:
+    _rows_task(<row_blocks*> ctx, <float*> NULL)
+
+
+cdef void _rows_task_f64(void* ctx, int k) noexcept nogil:
+    _rows_task(<row_blocks*> ctx, <double*> NULL)
+
+
+cdef void _rows_task(row_blocks* c, floating* dtype) noexcept nogil:
+    """The blocks this thread claims, each a _forward of its own rows (FTZ/DAZ set for this thread)."""
+    cdef Py_ssize_t T = c.T, D = c.D, U = c.U, b0, bk, sizes[4]
+    cdef int j
+    cdef bint per_step
+    cdef floating* xw
+    cdef floating* Wp = <floating*> c.packed
+    cdef floating* Rp = Wp + packed_size(D, U, sizeof(floating))
+    cdef floating* ws[2]
+    cdef unsigned int fp_mode = flush_denormals()
+    while True:
+        j = fr_next_block(&c.next)
+        if j >= c.n_blocks:
+            break
+        b0, bk = c.bounds[j], c.bounds[j + 1] - c.bounds[j]
+        per_step = forward_scratch(sizes, bk, T, D, U, U, max_length(c.lengths + b0, bk), sizeof(floating), True)
+        xw = <floating*> c.work + c.offsets[j]
+        ws[0] = ws[1] = NULL
+        if c.training:
+            ws[0] = <floating*> c.ws[0] + b0 * T * U
+            ws[1] = <floating*> c.ws[1] + b0 * T * U
+        _forward(bk, T, D, U, <const floating*> c.x + b0 * T * D, <const floating*> c.W, <const floating*> c.R,
+                 <const floating*> c.b, <const floating*> c.h0 + b0 * U, c.lengths + b0, c.reverse, c.flag,
+                 <floating*> c.y + b0 * T * U, <floating*> c.hT + b0 * U, ws[0], ws[1], xw, xw + sizes[0], Wp, Rp,
+                 True, per_step)
+    restore_fp_mode(fp_mode)
 
 
 def simple_rnn_pack(cnp.ndarray W not None, cnp.ndarray R not None):

@@ -72,6 +72,7 @@ import numpy as np
 
 from fastrnn.kernels import KEEP_SCRATCH_BYTES, kept_scratch
 
+from cpython.pycapsule cimport PyCapsule_New
 from cython cimport floating
 from libc.stdint cimport int64_t, uintptr_t
 from libc.string cimport memcpy, memset
@@ -1098,6 +1099,11 @@ def split_units(Py_ssize_t U, int n, Py_ssize_t itemsize=4):
 def isa():
     """The instruction set the matmuls use here: 'avx512', 'avx2' or 'baseline'."""
     return ("baseline", "avx2", "avx512")[fr_isa()]
+
+
+def _parallel_capsule():
+    """fr_parallel (this module's kept pool) for the whole-batch kernels' row blocks (array_args.row_pool)."""
+    return PyCapsule_New(<void*> fr_parallel, b"fastrnn.fr_parallel", NULL)
 
 
 def _set_fail_thread(int k):

@@ -229,3 +229,52 @@ def test_gru_reset_before_backward_takes_an_empty_ws_vh(reverse):
     fn(*args2)
     for got, w in zip(args2[names.index("dx"):], want):
         assert np.array_equal(got, w)
+
+
+@pytest.mark.parametrize("cell,options", CELL_OPTIONS, ids=CELL_OPTION_IDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("training", [False, True], ids=["inference", "training"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_row_blocks_equal_calls_on_each_block(cell, options, dtype, training, reverse):
+    """`bounds` (kernels/README.md, "Row blocks"): one call in blocks of rows on 2-3 threads writes what separate
+    calls on each block's rows write, bit for bit (each block packs nothing: W and R packed once, as a `packed`
+    call), workspaces included; mixed lengths put padding and rows of length 0 and T in the blocks."""
+    p = problem(cell, options, (11, 9, 5, 13), dtype, lengths="mixed", reverse=reverse)
+    fn, args, names = entry_call(p, training)
+    mod = kernels.cython_module(f"cython_{p.cell}")
+    packed = (mod.gru_pack(p.W, p.R, p.reset_after) if cell == "gru"
+              else getattr(mod, f"{cell}_pack")(p.W, p.R))
+    bounds = np.array([0, 3, 4, 8, 11], np.int64)
+    batch_major = {"x", "h0", "c0", "lengths", "y", "hT", "cT", "ws_hprev", "ws_cprev", "ws_gates", "ws_c",
+                   "ws_h", "ws_vh"}
+    want = [np.array(a, copy=True) if isinstance(a, np.ndarray) else a for a in args]
+    for k in range(len(bounds) - 1):
+        r = slice(bounds[k], bounds[k + 1])
+        part = [a[r] if n in batch_major and (training or not n.startswith("ws")) else a
+                for n, a in zip(names, want)]
+        fn(*part, packed)
+    for n_threads in (2, 3):
+        got = [np.array(a, copy=True) if isinstance(a, np.ndarray) else a for a in args]
+        fn(*got, packed, bounds, n_threads)
+        for n, a, b in zip(names, got, want):
+            if isinstance(a, np.ndarray) and (training or not n.startswith("ws")):
+                np.testing.assert_array_equal(a, b, err_msg=n)
+    got = [np.array(a, copy=True) if isinstance(a, np.ndarray) else a for a in args]
+    fn(*got, None, bounds, 2)   # W and R packed by the call itself: the same
+    np.testing.assert_array_equal(got[names.index("y")], want[names.index("y")])
+
+
+@pytest.mark.parametrize("bounds,message", [
+    (np.array([0, 11], np.int64), "3 or more"),
+    (np.array([0, 5.0, 11]), "int64"),
+    (np.array([1, 5, 11], np.int64), "start at 0"),
+    (np.array([0, 5, 10], np.int64), "end at batch=11"),
+    (np.array([0, 5, 5, 11], np.int64), "strictly increasing"),
+])
+def test_bad_row_bounds_raise_a_value_error(bounds, message):
+    p = problem("lstm", {}, (11, 4, 3, 5), np.float32)
+    fn, args, names = entry_call(p, training=False)
+    y = args[names.index("y")]
+    with pytest.raises(ValueError, match=f"bounds.*{message}|{message}.*"):
+        fn(*args, None, bounds, 2)
+    assert np.isnan(y).all(), "nothing written"
