@@ -169,8 +169,9 @@ class CompiledKernel:
         packed = p.packed.whole if (p.packed is not None and self.name == "cython") else None
         if bounds is None:  # the whole batch on this thread: no closure, no handoff (a T=1 call costs ~10 us)
             _kernel_forward(mod, p, training, p.x, p.lengths, p.initial_states, (y, *finals), ws, packed)
-        elif self.name == "cython" and p.cell in ROW_BLOCK_CELLS:
-            # the blocks handed to the kernel's threads in C (kernels/README.md, "Row blocks")
+        elif self.name == "cython" and p.cell in ROW_BLOCK_CELLS and not training:
+            # Inference: the blocks handed to the kernel's threads in C (kernels/README.md, "Row blocks"). Training
+            # keeps the Python pool for both passes (its backward splits there; mixing the pools measured no gain).
             _kernel_forward(mod, p, training, p.x, p.lengths, p.initial_states, (y, *finals), ws, packed,
                             np.asarray(bounds, np.int64), threads.kernel_threads())
         else:

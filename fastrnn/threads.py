@@ -16,9 +16,9 @@ The pool. One process-wide pool of n-1 worker threads (started on first use, dae
 get free. A caller whose blocks no worker has picked up runs them itself, so a call never waits for a busy pool: concurrent callers (a service with many Python threads) share the same n-1 workers, never create more
 threads, and degrade gracefully to running their blocks themselves. An exception in any block is raised in the
 caller (the first block's, in block order) after every block has finished. Results do not depend on which thread
-runs a block. The Cython forward is handed its block bounds instead and runs the blocks on the column-split
-module's kept C threads (kernels/README.md, "Row blocks": a handoff through the GIL costs a sleeping thread's
-wake-up, ~0.1 ms of a 0.7 ms call); this pool runs the Numba kernels' blocks and every backward's.
+runs a block. The Cython inference forward is handed its block bounds instead and runs the blocks on the
+column-split module's kept C threads (kernels/README.md, "Row blocks": a handoff through the GIL costs a sleeping
+thread's wake-up, ~0.1 ms of a 0.7 ms call); this pool runs the Numba kernels' blocks and training calls'.
 
 When a call is split (plan_blocks, called by ops.CompiledKernel.blocks): batch >= 2 * MIN_ROWS_PER_BLOCK and
 enough matmul work (MIN_FLOPS_PER_BLOCK per block); n blocks for n threads, 2n for large batches; rows are balanced

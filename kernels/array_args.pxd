@@ -138,10 +138,23 @@ cdef inline object pack_pair(cnp.ndarray W, cnp.ndarray R, Py_ssize_t gates):
     packed right after it (pair_elements), in an array new_packed makes."""
     cdef Py_ssize_t DU[2]
     cdef int tn = need_weights(W, R, gates, DU)
-    cdef Py_ssize_t D = DU[0], U = DU[1], N = gates * DU[1], item = cnp.PyArray_ITEMSIZE(W)
-    cdef Py_ssize_t nW = packed_size(D, N, item)
     cdef void* data
-    out = new_packed(tn, pair_elements(D, U, N, item), &data)
+    out = new_packed(tn, pair_elements(DU[0], DU[1], gates * DU[1], cnp.PyArray_ITEMSIZE(W)), &data)
+    pack_pair_at(W, R, gates, data)
+    return out
+
+
+cdef inline void* align64(void* room) noexcept nogil:
+    """The first 64-byte boundary at or after room (room holds 64 bytes more than it needs for that)."""
+    return <void*> ((<size_t> room + 63) // 64 * 64)
+
+
+cdef inline int pack_pair_at(cnp.ndarray W, cnp.ndarray R, Py_ssize_t gates, void* data) except -1:
+    """pack_pair's layout at data (a 64-byte boundary, pair_elements elements): W and R checked by the caller's
+    entry (float32 or float64 alike, W (D, gates*U), R (U, gates*U))."""
+    cdef Py_ssize_t D = W.shape[0], U = R.shape[0], N = gates * R.shape[0], item = cnp.PyArray_ITEMSIZE(W)
+    cdef Py_ssize_t nW = packed_size(D, N, item)
+    cdef int tn = cnp.PyArray_TYPE(W)
     with nogil:
         if tn == cnp.NPY_FLOAT32:
             pack(<const float*> cnp.PyArray_DATA(W), N, D, N, <float*> data)
@@ -149,7 +162,7 @@ cdef inline object pack_pair(cnp.ndarray W, cnp.ndarray R, Py_ssize_t gates):
         else:
             pack(<const double*> cnp.PyArray_DATA(W), N, D, N, <double*> data)
             pack(<const double*> cnp.PyArray_DATA(R), N, U, N, <double*> data + nW)
-    return out
+    return 0
 
 
 cdef inline void* need_packed(object packed, int tn, Py_ssize_t n) except NULL:
