@@ -220,7 +220,7 @@ cdef inline object scratch(double* small, int tn, Py_ssize_t n, void** data):
 # ---------------------------------------------------------------------------------------------------------------
 
 ctypedef void (*row_task)(void* ctx, int k) noexcept nogil
-ctypedef int (*parallel_fn)(int n, row_task fn, void* ctx, void* unused) noexcept nogil
+ctypedef int (*parallel_fn)(int n, row_task fn, void* ctx) noexcept nogil
 
 cdef extern from *:
     """
@@ -319,7 +319,7 @@ cdef inline int run_row_blocks(row_blocks* c, int n_threads, row_task task) exce
     cdef int n = min(n_threads, c.n_blocks), status = -1
     with nogil:
         if pool != NULL:
-            status = pool(n, task, c, NULL)
+            status = pool(n, task, c)
         if status != 0:
             task(c, 0)
     return 0

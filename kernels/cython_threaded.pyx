@@ -62,7 +62,8 @@ workspaces as a tuple (None: inference), without the `training` flag:
                  dx, dh0, dW, dR, db_in, db_rec, n_threads, stats=None)
 
 Each returns the number of threads it ran on (min(n_threads, units)), or -1 if the system refused to start a
-thread: then the outputs are incomplete, and the caller runs it again on 1 thread (which starts none).
+thread or the pool was busy with another call: then nothing was computed, and the caller runs it again on 1
+thread (which needs none).
 `stats`: None, or a dict that receives per-thread counters (unit bounds, barrier waits, PAUSE rounds, yields,
 sleeps, nanoseconds waited; the first wait, which also waits for the threads to start, apart). Arrays as in the
 contract (C-contiguous, one float dtype, int64 lengths; for GRU reset_after=False b_rec is not read); validation
@@ -119,7 +120,6 @@ cdef extern from *:
        here: the least a VM's timer gives). With as many threads as free cores the other thread arrives within
        microseconds and the wait never leaves the first stage. When it has been descheduled (more runnable threads
        than cores), sleeping frees this core, so that the scheduler can run it here.
-       abort (may be NULL): when *abort becomes nonzero, returns 1 at once (else 0).
        st (may be NULL): the calling thread's own FR_NSTAT counters, added to: [0] waits, [1] PAUSE rounds,
        [2] yields, [3] sleeps, [4] nanoseconds waited (the clock is read only when the thread has to wait; the
        counters are the thread's own memory, so counting never touches a shared cache line); [5] is the caller's.
@@ -153,14 +153,12 @@ cdef extern from *:
     #endif
     }
 
-    static int fr_wait(const unsigned int* word, unsigned int value, const int* abort, long long* st) {
+    static void fr_wait(const unsigned int* word, unsigned int value, long long* st) {
         long long spins = 0, yields = 0, sleeps = 0, t0 = 0;
         if (FR_LOAD(word) == value) {
             if (st)
                 t0 = fr_now_ns();
             while (FR_LOAD(word) == value) {
-                if (abort && FR_LOAD(abort))
-                    return 1;
                 if (spins < FR_SPINS) {
                     fr_pause();
                     spins++;
@@ -181,38 +179,35 @@ cdef extern from *:
         if (st) {
             st[0] += 1; st[1] += spins; st[2] += yields; st[3] += sleeps;
         }
-        return 0;
     }
 
     /* ---------------------------------------------------------------------------------------------------------
        Barrier: n threads, reusable. `count` counts arrivals in the current phase, `phase` numbers the phases.
        The last thread to arrive resets count and advances phase (release); the others wait for phase to move
        (acquire). So every write a thread made before the barrier is visible to every thread after it.
-       fr_barrier_wait returns 0, or 1 if the call was aborted (fr_parallel could not start every thread).
        --------------------------------------------------------------------------------------------------------- */
     typedef struct {
         int n;
         unsigned int count;
         unsigned int phase;
-        int abort;
     } FR_ALIGN64 fr_barrier;  /* a cache line of its own */
 
     static void fr_barrier_init(fr_barrier* b, int n) {
-        b->n = n; b->count = 0; b->phase = 0; b->abort = 0;
+        b->n = n; b->count = 0; b->phase = 0;
     }
 
-    static int fr_barrier_wait(fr_barrier* b, long long* st) {
+    static void fr_barrier_wait(fr_barrier* b, long long* st) {
         unsigned int ph = FR_LOAD(&b->phase);
         if (b->n <= 1)
-            return 0;
+            return;
         if (FR_ADD(&b->count, 1u) == (unsigned int) b->n) {
             FR_STORE_RELAXED(&b->count, 0u);
             FR_STORE(&b->phase, ph + 1u);
             if (st)
                 st[0] += 1;
-            return 0;
+            return;
         }
-        return fr_wait(&b->phase, ph, &b->abort, st);
+        fr_wait(&b->phase, ph, st);
     }
 
     /* Work items that one thread claims and others may wait for: 0 free, 1 claimed, 2 done. */
@@ -223,13 +218,11 @@ cdef extern from *:
 
     static void fr_release(unsigned int* item) { FR_STORE(item, 2u); }
 
-    /* Wait until the item is done; returns 1 if the barrier b was aborted meanwhile. */
-    static int fr_wait_done(unsigned int* item, fr_barrier* b) {
+    /* Wait until the item is done. */
+    static void fr_wait_done(unsigned int* item) {
         unsigned int v;
         while ((v = FR_LOAD(item)) != 2u)
-            if (fr_wait(item, v, &b->abort, NULL))
-                return 1;
-        return 0;
+            fr_wait(item, v, NULL);
     }
 
     /* ---------------------------------------------------------------------------------------------------------
@@ -432,8 +425,7 @@ cdef extern from *:
     }
     #endif
 
-    static int fr_parallel(int n, fr_task fn, void* ctx, fr_barrier* bar) {
-        (void) bar;
+    static int fr_parallel(int n, fr_task fn, void* ctx) {
         if (n <= 1) {
             fn(ctx, 0);
             return 0;
@@ -466,7 +458,7 @@ cdef extern from *:
                     fr_slot* s = &fr_pool.slot[k];
                     unsigned int v;
                     while ((v = FR_LOAD(&s->done)) != s->gen)
-                        fr_wait(&s->done, v, NULL, NULL);
+                        fr_wait(&s->done, v, NULL);
                 }
             }
             __atomic_store_n(&fr_pool.busy, 0, __ATOMIC_RELEASE);
@@ -482,12 +474,12 @@ cdef extern from *:
         int n
     ctypedef void (*fr_task)(void* ctx, int k) noexcept nogil
     void fr_barrier_init(fr_barrier* b, int n) noexcept nogil
-    int fr_barrier_wait(fr_barrier* b, long long* st) noexcept nogil
+    void fr_barrier_wait(fr_barrier* b, long long* st) noexcept nogil
     long long fr_now_ns() noexcept nogil
     bint fr_claim(unsigned int* item) noexcept nogil
     void fr_release(unsigned int* item) noexcept nogil
-    int fr_wait_done(unsigned int* item, fr_barrier* b) noexcept nogil
-    int fr_parallel(int n, fr_task fn, void* ctx, fr_barrier* bar) noexcept nogil
+    void fr_wait_done(unsigned int* item) noexcept nogil
+    int fr_parallel(int n, fr_task fn, void* ctx) noexcept nogil
     int fr_fail_thread
     int FR_MAX_THREADS
     enum: FR_NSTAT
@@ -547,12 +539,10 @@ cdef inline Py_ssize_t _round64(Py_ssize_t nbytes) noexcept nogil:
 ctypedef void (*prepare_fn)(void* ctx, int k) noexcept nogil
 
 
-cdef long long _prepare_all(unsigned int* prep, int n, int k, fr_barrier* bar, prepare_fn fn,
-                            void* ctx) noexcept nogil:
+cdef long long _prepare_all(unsigned int* prep, int n, int k, prepare_fn fn, void* ctx) noexcept nogil:
     """Thread k's preparation fn(ctx, k) first, then any other thread's that nobody has claimed yet (that thread
     has not started: starting one takes ~50-150 us here, which this thread spends on its work instead of waiting);
-    then wait until its own is done, if another thread took it. Returns how many it ran, or -1 if the call was
-    aborted meanwhile (fr_parallel could not start every thread)."""
+    then wait until its own is done, if another thread took it. Returns how many it ran."""
     cdef long long done = 0
     cdef int other
     if fr_claim(&prep[k]):
@@ -564,8 +554,7 @@ cdef long long _prepare_all(unsigned int* prep, int n, int k, fr_barrier* bar, p
             fn(ctx, other)
             fr_release(&prep[other])
             done += 1
-    if fr_wait_done(&prep[k], bar):
-        return -1
+    fr_wait_done(&prep[k])
     return done
 
 
@@ -727,11 +716,8 @@ cdef void _thread(floating* typed, Shared* S, int k) noexcept nogil:
     cdef long long t_loop = 0
     cdef unsigned int fp_mode = flush_denormals()  # per thread: MXCSR is a thread's own
 
-    cdef long long prepared = _prepare_all(S.prep, S.n, k, &S.bar,
+    cdef long long prepared = _prepare_all(S.prep, S.n, k,
                                            _prepare_f32 if floating is float else _prepare_f64, S)
-    if prepared < 0:
-        restore_fp_mode(fp_mode)
-        return  # aborted
 
     n_steps = max_length(lengths, B)
     for s in range(n_steps):
@@ -751,8 +737,7 @@ cdef void _thread(floating* typed, Shared* S, int k) noexcept nogil:
                     t = position(s, lengths[bb], reverse)
                     gru_gates_row(hr + bb * GN, xw + (bb * T + t) * GN, bi, nu, hcur + bb * U + u0,
                                   rh + bb * U + u0)
-            if fr_barrier_wait(&S.bar, st):
-                break  # aborted
+            fr_barrier_wait(&S.bar, st)
             if st == st_first:
                 t_loop = fr_now_ns()
             st = st_rest
@@ -792,8 +777,7 @@ cdef void _thread(floating* typed, Shared* S, int k) noexcept nogil:
             memcpy(y + pos * U + u0, hrow, nu * sizeof(floating))
 
         # Every thread's part of h_t is written before anyone reads h_t (and before the buffer it read is reused)
-        if fr_barrier_wait(&S.bar, st):
-            break  # aborted
+        fr_barrier_wait(&S.bar, st)
         if st == st_first:
             t_loop = fr_now_ns()
         st = st_rest
@@ -963,11 +947,8 @@ cdef void _thread_backward(floating* typed, BackShared* S, int k) noexcept nogil
     memset(st_rest, 0, sizeof(st_rest))
     cdef long long t_loop = 0
     cdef unsigned int fp_mode = flush_denormals()
-    cdef long long prepared = _prepare_all(S.prep, S.n, k, &S.bar,
+    cdef long long prepared = _prepare_all(S.prep, S.n, k,
                                            _prepare_backward_f32 if floating is float else _prepare_backward_f64, S)
-    if prepared < 0:
-        restore_fp_mode(fp_mode)
-        return  # aborted
 
     n_steps = max_length(lengths, B)
     for s in range(n_steps - 1, -1, -1):
@@ -1000,8 +981,7 @@ cdef void _thread_backward(floating* typed, BackShared* S, int k) noexcept nogil
                     rh[pos * U + u0 + j] = ws1[pos * GU + U + u0 + j] * ws_hprev[pos * U + u0 + j]
         if reset_before:
             # d(r * h_prev) of its units needs every unit's da_h: a barrier, then da_h @ R_h[own rows].T
-            if fr_barrier_wait(&S.bar, st):
-                break  # aborted
+            fr_barrier_wait(&S.bar, st)
             if st == st_first:
                 t_loop = fr_now_ns()
             st = st_rest
@@ -1018,8 +998,7 @@ cdef void _thread_backward(floating* typed, BackShared* S, int k) noexcept nogil
                 for g in range(3):
                     memcpy(du + pos * GU + g * U + u0, brow + g * U, nu * sizeof(floating))
         # Every thread's part of the step's gradients is written before anyone reads them
-        if fr_barrier_wait(&S.bar, st):
-            break  # aborted
+        fr_barrier_wait(&S.bar, st)
         if st == st_first:
             t_loop = fr_now_ns()
         st = st_rest
@@ -1036,35 +1015,35 @@ cdef void _thread_backward(floating* typed, BackShared* S, int k) noexcept nogil
                 memcpy(dh + bb * U + u0, dhr + bb * nu, nu * sizeof(floating))
 
     # Every position's gradients are written before the products over all positions read them
-    if not fr_barrier_wait(&S.bar, st):
-        if t_loop:
-            st_rest[5] = fr_now_ns() - t_loop
-        # dW = x^T du and dR = h_prev^T dv, its rows of each
-        if cell != GRU:
-            if m1 > m0:
-                weight_grads(BT, GU, du, GU, w1 - w0, x + w0, D, dW + w0 * GU,
-                             r1 - r0, ws_hprev + r0 if r1 > r0 else NULL, U, dR + r0 * GU, GU, wg, isa)
-        else:
-            if w1 > w0:
-                weight_grads(BT, GU, du, GU, w1 - w0, x + w0, D, dW + w0 * GU, 0, NULL, 0, NULL, GU, wg, isa)
-            if r1 > r0 and not reset_before:
-                weight_grads(BT, GU, dv, GU, r1 - r0, ws_hprev + r0, U, dR + r0 * GU, 0, NULL, 0, NULL, GU, wg, isa)
-            elif r1 > r0:   # dR[:, :2U] = h_prev^T du[:, :2U], dR[:, 2U:] = (r * h_prev)^T du[:, 2U:]
-                weight_grads(BT, 2 * U, du, GU, r1 - r0, ws_hprev + r0, U, dR + r0 * GU, 0, NULL, 0, NULL, GU, wg,
-                             isa)
-                weight_grads(BT, U, du + 2 * U, GU, r1 - r0, rh + r0, U, dR + r0 * GU + 2 * U, 0, NULL, 0, NULL,
-                             GU, wg, isa)
-        # dx = du W.T, its columns; zero at padded positions (0 already unless W holds inf / NaN)
-        if nd > 0:
-            packed_matmul(BT, GU, du, GU, WTp, nd, dx + d0, D, isa)
-            for bb in range(B):
-                for t in range(lengths[bb], T):
-                    memset(dx + (bb * T + t) * D + d0, 0, nd * sizeof(floating))
-        # db (and db_rec): the sums of its units' gate columns
-        for g in range(G):
-            column_sums(du + g * U + u0, BT, nu, GU, acc, <floating*> S.db_in + g * U + u0)
-            if S.db_rec != NULL:
-                column_sums(dv + g * U + u0, BT, nu, GU, acc, <floating*> S.db_rec + g * U + u0)
+    fr_barrier_wait(&S.bar, st)
+    if t_loop:
+        st_rest[5] = fr_now_ns() - t_loop
+    # dW = x^T du and dR = h_prev^T dv, its rows of each
+    if cell != GRU:
+        if m1 > m0:
+            weight_grads(BT, GU, du, GU, w1 - w0, x + w0, D, dW + w0 * GU,
+                         r1 - r0, ws_hprev + r0 if r1 > r0 else NULL, U, dR + r0 * GU, GU, wg, isa)
+    else:
+        if w1 > w0:
+            weight_grads(BT, GU, du, GU, w1 - w0, x + w0, D, dW + w0 * GU, 0, NULL, 0, NULL, GU, wg, isa)
+        if r1 > r0 and not reset_before:
+            weight_grads(BT, GU, dv, GU, r1 - r0, ws_hprev + r0, U, dR + r0 * GU, 0, NULL, 0, NULL, GU, wg, isa)
+        elif r1 > r0:   # dR[:, :2U] = h_prev^T du[:, :2U], dR[:, 2U:] = (r * h_prev)^T du[:, 2U:]
+            weight_grads(BT, 2 * U, du, GU, r1 - r0, ws_hprev + r0, U, dR + r0 * GU, 0, NULL, 0, NULL, GU, wg,
+                         isa)
+            weight_grads(BT, U, du + 2 * U, GU, r1 - r0, rh + r0, U, dR + r0 * GU + 2 * U, 0, NULL, 0, NULL,
+                         GU, wg, isa)
+    # dx = du W.T, its columns; zero at padded positions (0 already unless W holds inf / NaN)
+    if nd > 0:
+        packed_matmul(BT, GU, du, GU, WTp, nd, dx + d0, D, isa)
+        for bb in range(B):
+            for t in range(lengths[bb], T):
+                memset(dx + (bb * T + t) * D + d0, 0, nd * sizeof(floating))
+    # db (and db_rec): the sums of its units' gate columns
+    for g in range(G):
+        column_sums(du + g * U + u0, BT, nu, GU, acc, <floating*> S.db_in + g * U + u0)
+        if S.db_rec != NULL:
+            column_sums(dv + g * U + u0, BT, nu, GU, acc, <floating*> S.db_rec + g * U + u0)
 
     _put_thread_stats(S.stats, k, st_rest, st_first, prepared)
     restore_fp_mode(fp_mode)
@@ -1250,9 +1229,9 @@ cdef object _run(int cell, const floating[:, :, ::1] x, const floating[:, ::1] W
     cdef int status
     with nogil:
         if floating is float:
-            status = fr_parallel(n, _task_f32, &S, &S.bar)
+            status = fr_parallel(n, _task_f32, &S)
         else:
-            status = fr_parallel(n, _task_f64, &S, &S.bar)
+            status = fr_parallel(n, _task_f64, &S)
     if stats is not None:
         _put_stats(stats, np.asarray(stat), n, bounds)
     return -1 if status != 0 else n
@@ -1381,9 +1360,9 @@ cdef object _run_backward(int cell, const floating[:, :, ::1] x, const floating[
     cdef int status
     with nogil:
         if floating is float:
-            status = fr_parallel(n, _task_backward_f32, &S, &S.bar)
+            status = fr_parallel(n, _task_backward_f32, &S)
         else:
-            status = fr_parallel(n, _task_backward_f64, &S, &S.bar)
+            status = fr_parallel(n, _task_backward_f64, &S)
     if stats is not None:
         _put_stats(stats, np.asarray(stat), n, ubounds)
     return -1 if status != 0 else n
@@ -1492,7 +1471,7 @@ def _barrier_bench(int n, int rounds):
     cdef int status
     t0 = time.perf_counter()
     with nogil:
-        status = fr_parallel(n, _barrier_task, &c, &c.bar)
+        status = fr_parallel(n, _barrier_task, &c)
     dt = time.perf_counter() - t0
     if status != 0:
         raise RuntimeError("could not start threads")

@@ -303,8 +303,8 @@ def test_subnormal_inputs_flush_and_caller_mode_restored(dtype):
 
 @pytest.mark.parametrize("cell,options", CELL_OPTIONS, ids=CELL_OPTION_IDS)
 def test_thread_that_cannot_start(cell, options):
-    """The system refuses a thread: the kernel returns -1 without hanging (threads already started leave the
-    barrier), and forward runs on the calling thread alone with the same results."""
+    """The system refuses a thread: the kernel returns -1 without hanging (the pool hands out no work before all
+    its workers run), and forward runs on the calling thread alone with the same results."""
     p = problem(cell, options, 2, 9, 5, 40, np.float32, lengths=[9, 4])
     good = cs.forward(p, 3)
     for fail in (1, 2):
