@@ -14,15 +14,7 @@
 
 #include <stddef.h>
 
-#ifndef FR_RESTRICT  /* also in packed_gemm.h */
-#if defined(__GNUC__) || defined(__clang__)
-#define FR_RESTRICT __restrict__
-#elif defined(_MSC_VER)
-#define FR_RESTRICT __restrict
-#else
-#define FR_RESTRICT restrict
-#endif
-#endif
+#include "packed_gemm.h"  /* FR_RESTRICT */
 
 /* LSTM: da (i, f, g, o) from the gates (i, f, g, o activated), c_{t-1}, dy and the running dh, dc; da's o slot
    holds tanh(c_t) on entry (written by the Cython wrapper, with fused_blas's tanh). dc becomes dc_t * f. */

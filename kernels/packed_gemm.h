@@ -231,14 +231,13 @@ FR_DEFINE_DISPATCH(double, fr_matmul_f64, fr_matmul2_f64)
    lda), transposed in 16 x 16 tiles (a plain strided copy misses the cache on every write): the left operand of
    the weight gradients' products (fused_blas.weight_grads). A function of its own, restrict, out of line: inlined
    into weight_grads, gcc kept its pointers on the stack and the copy took ~5 cycles an element. */
-#ifndef FR_RESTRICT  /* also in gate_grads.h */
+/* C99 restrict as each compiler spells it (also gate_grads.h's) */
 #if defined(__GNUC__) || defined(__clang__)
 #define FR_RESTRICT __restrict__
 #elif defined(_MSC_VER)
 #define FR_RESTRICT __restrict
 #else
 #define FR_RESTRICT restrict
-#endif
 #endif
 #if defined(__GNUC__) || defined(__clang__)
 #define FR_NOINLINE __attribute__((noinline))
