@@ -312,6 +312,30 @@ cdef inline int start_row_blocks(row_blocks* c, cnp.ndarray bounds, cnp.ndarray 
     return 0
 
 
+cdef inline Py_ssize_t given_packed(row_blocks* c, object packed, int tn, Py_ssize_t n) except -1:
+    """c.packed = `packed` (a <cell>_pack array of n elements, checked) and 0; or, with packed None, the elements the
+    call's scratch needs to pack W and R itself: n, and room to start them at a 64-byte boundary (row_blocks_scratch
+    places them there; a kept block from 8 MB, where a new array each call was faulted in page by page)."""
+    if packed is not None:
+        c.packed = need_packed(packed, tn, n)
+        return 0
+    c.packed = NULL
+    return n + 64 // (4 if tn == cnp.NPY_FLOAT32 else 8)
+
+
+cdef inline object row_blocks_scratch(row_blocks* c, int tn, Py_ssize_t n_pack, Py_ssize_t[::1] off,
+                                      double* small):
+    """One allocation for the blocks' scratch (block k's at c.work + off[k], elements) after n_pack elements for W
+    and R packed (given_packed; 0: given), whose 64-byte-aligned start goes to c.packed. The caller holds the object
+    returned, and `small` (its stack buffer, SMALL_SCRATCH doubles), while the blocks run."""
+    held = scratch(small, tn, n_pack + off[c.n_blocks], &c.work)
+    if n_pack:
+        c.packed = align64(c.work)
+        c.work = <char*> c.work + n_pack * (4 if tn == cnp.NPY_FLOAT32 else 8)
+    c.offsets = &off[0]
+    return held
+
+
 cdef inline int run_row_blocks(row_blocks* c, int n_threads, row_task task) except -1:
     """task on min(n_threads, blocks) threads of the pool (row_pool); on this thread alone, all blocks, where the
     pool is not built or is busy. GIL released."""

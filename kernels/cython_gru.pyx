@@ -13,9 +13,9 @@ from cython cimport floating
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy, memset
 
-from array_args cimport (SMALL_SCRATCH, align64, data_or_null, fr_next_block, need, need_backward, need_forward,
+from array_args cimport (SMALL_SCRATCH, data_or_null, fr_next_block, given_packed, need, need_backward, need_forward,
                          need_packed, need_weights, new_packed, pack_pair, pack_pair_at, pair_elements, row_blocks,
-                         run_row_blocks, scratch, start_row_blocks, total)
+                         row_blocks_scratch, run_row_blocks, scratch, start_row_blocks, total)
 from fused_blas cimport (active_inputs, active_rows, column_sums, flush_denormals, fr_isa, gru_backward_row,
                          gru_gates_row, gru_reset_backward_row1, gru_reset_backward_row2, gru_row, gru_state_row,
                          has_padding, max_length, pack, pack_for, pack_pays_rows, pack_pays_steps,
@@ -102,11 +102,8 @@ cdef object _forward_rows(cnp.ndarray x, cnp.ndarray W, cnp.ndarray R, cnp.ndarr
     cdef row_blocks c
     start_row_blocks(&c, bounds, x, W, R, h0, lengths, reverse, training, y, hT)
     cdef Py_ssize_t T = c.T, D = c.D, U = c.U, item = cnp.PyArray_ITEMSIZE(x), k, b0, bk, sizes[6]
-    # W and R packed once for all blocks: `packed`, or packed here into the scratch (a kept block from 8 MB: a
-    # new array each call was faulted in page by page, ~1400 faults a call at 1024 units)
-    cdef Py_ssize_t n_pack = 0 if packed is not None else _packed_total(D, U, reset_after, item) + 64 // item
-    if packed is not None:
-        c.packed = need_packed(packed, tn, _packed_total(D, U, reset_after, item))
+    # W and R packed once for all blocks: `packed`, or packed by this call into its scratch (given_packed)
+    cdef Py_ssize_t n_pack = given_packed(&c, packed, tn, _packed_total(D, U, reset_after, item))
     c.b, c.b2, c.flag = cnp.PyArray_DATA(b_in), cnp.PyArray_DATA(b_rec), reset_after
     c.ws[0], c.ws[1] = data_or_null(ws_hprev, training), data_or_null(ws_gates, training)
     c.ws[2] = data_or_null(ws_vh, training and with_vh)
@@ -119,17 +116,14 @@ cdef object _forward_rows(cnp.ndarray x, cnp.ndarray W, cnp.ndarray R, cnp.ndarr
         _scratch_sizes(sizes, bk, T, D, U, max_length(c.lengths + b0, bk), reset_after, item, True)
         off[k + 1] = off[k] + total(sizes, 3)
     cdef double small[SMALL_SCRATCH]
-    held = scratch(small, tn, n_pack + off[c.n_blocks], &c.work)
-    if packed is None:
-        c.packed = align64(c.work)
+    held = row_blocks_scratch(&c, tn, n_pack, off, small)
+    if n_pack:
         if reset_after:
             pack_pair_at(W, R, 3, c.packed)
         elif tn == cnp.NPY_FLOAT32:
             _pack_reset_before(<const float*> c.W, <const float*> c.R, D, U, <float*> c.packed)
         else:
             _pack_reset_before(<const double*> c.W, <const double*> c.R, D, U, <double*> c.packed)
-        c.work = <char*> c.work + n_pack * item
-    c.offsets = &off[0]
     run_row_blocks(&c, n_threads, _rows_task_f32 if tn == cnp.NPY_FLOAT32 else _rows_task_f64)
     return held
 

@@ -10,9 +10,9 @@ from cython cimport floating
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy
 
-from array_args cimport (SMALL_SCRATCH, align64, data_or_null, fr_next_block, need, need_backward, need_forward,
-                         need_packed, pack_pair, pack_pair_at, pair_elements, row_blocks, run_row_blocks, scratch,
-                         start_row_blocks, total)
+from array_args cimport (SMALL_SCRATCH, data_or_null, fr_next_block, given_packed, need, need_backward, need_forward,
+                         need_packed, pack_pair, pack_pair_at, pair_elements, row_blocks, row_blocks_scratch,
+                         run_row_blocks, scratch, start_row_blocks, total)
 from fused_blas cimport (active_inputs, active_rows, backward_scratch, column_sums, flush_denormals,
                          forward_scratch, fr_isa, max_length, pack_for, packed_size, packed_weights,
                          panels_backward, position, product, restore_fp_mode,
@@ -71,11 +71,8 @@ cdef object _forward_rows(cnp.ndarray x, cnp.ndarray W, cnp.ndarray R, cnp.ndarr
     cdef row_blocks c
     start_row_blocks(&c, bounds, x, W, R, h0, lengths, reverse, training, y, hT)
     cdef Py_ssize_t T = c.T, D = c.D, U = c.U, item = cnp.PyArray_ITEMSIZE(x), k, b0, bk, sizes[4]
-    # W and R packed once for all blocks: `packed`, or packed here into the scratch (a kept block from 8 MB: a
-    # new array each call was faulted in page by page, ~1400 faults a call at GRU 1024 units)
-    cdef Py_ssize_t n_pack = 0 if packed is not None else pair_elements(D, U, U, item) + 64 // item
-    if packed is not None:
-        c.packed = need_packed(packed, tn, pair_elements(D, U, U, item))
+    # W and R packed once for all blocks: `packed`, or packed by this call into its scratch (given_packed)
+    cdef Py_ssize_t n_pack = given_packed(&c, packed, tn, pair_elements(D, U, U, item))
     c.b, c.flag = cnp.PyArray_DATA(b), relu
     c.ws[0], c.ws[1] = data_or_null(ws_hprev, training), data_or_null(ws_h, training)
     # every block's scratch (forward_scratch for its rows, W and R given) in one allocation
@@ -87,12 +84,9 @@ cdef object _forward_rows(cnp.ndarray x, cnp.ndarray W, cnp.ndarray R, cnp.ndarr
         forward_scratch(sizes, bk, T, D, U, U, max_length(c.lengths + b0, bk), item, True)
         off[k + 1] = off[k] + total(sizes, 2)
     cdef double small[SMALL_SCRATCH]
-    held = scratch(small, tn, n_pack + off[c.n_blocks], &c.work)
-    if packed is None:
-        c.packed = align64(c.work)
+    held = row_blocks_scratch(&c, tn, n_pack, off, small)
+    if n_pack:
         pack_pair_at(W, R, 1, c.packed)
-        c.work = <char*> c.work + n_pack * item
-    c.offsets = &off[0]
     run_row_blocks(&c, n_threads, _rows_task_f32 if tn == cnp.NPY_FLOAT32 else _rows_task_f64)
     return held
 
