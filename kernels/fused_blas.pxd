@@ -159,6 +159,10 @@ cdef extern from "packed_gemm.h":
                           Py_ssize_t ldt) noexcept nogil
     void fr_transpose_f64(const double* A, Py_ssize_t lda, Py_ssize_t rows, Py_ssize_t cols, double* AT,
                           Py_ssize_t ldt) noexcept nogil
+    void fr_matmul_at_f32(int M, int K, const float* A, Py_ssize_t lda, const float* P, int N, float* C,
+                          Py_ssize_t ldc, int acc, int isa) noexcept nogil
+    void fr_matmul_at_f64(int M, int K, const double* A, Py_ssize_t lda, const double* P, int N, double* C,
+                          Py_ssize_t ldc, int acc, int isa) noexcept nogil
 
 # fr_matmul passes each panel over all rows of A: past ~1 MB of A (a core's L2 here) the rows come from L3, and
 # the input projection of 6400 x 512 @ 512 x 2048 fell to 91 GFLOP/s (1600 rows: 105). packed_matmul hands it
@@ -487,8 +491,11 @@ cdef inline void packed_matmul2(Py_ssize_t M, Py_ssize_t K, const floating* A, P
 # ---------------------------------------------------------------------------------------------------------------
 # Weight gradients: C = A^T @ dZ summed over all positions (x^T dA for the kernel W, h^T dA for R). Here k (the
 # positions) goes in chunks of WGRAD_K_CHUNK: each chunk of dZ is packed once in panels, A's rows for it are
-# transposed in blocks of about WGRAD_BLOCK_BYTES (they stay in L2 while the panels pass), and the chunk's
-# products are added into C. Measured against scipy's OpenBLAS (gemm with the transposed operand as it is), one
+# taken in blocks of about WGRAD_BLOCK_BYTES of columns (they stay in L2 while the panels pass), and the chunk's
+# products are added into C. On AVX-512 the product reads A transposed where it lies (fr_matmul_at); on AVX2 and
+# baseline each block is first copied transposed, as reading in place measured slower there (float32, 1600 x 256
+# x 768: 71 vs 98 GFLOP/s on AVX2, 27 vs 36 baseline); on AVX-512 in place vs the copy: 1.2-1.3x at 6400 x 128 x
+# 128 (the copy took a fifth of the time), 1.1x at 6400 x 128 x 384, 1.0x at 1600 x 1024 x 3072. Measured against scipy's OpenBLAS (gemm with the transposed operand as it is), one
 # core, float32, same process: 1.02-1.21x (74 -> 90 GFLOP/s at 128 x 6400 x 384, GRU 128 units at batch 64;
 # 90 -> 104 at 256 x 100 x 1024). Chunks of 256 positions were 0.9x at 1024 x 3200 x 4096: C (16 MB) is read and
 # written once per chunk.
@@ -549,12 +556,18 @@ cdef inline void weight_grads(Py_ssize_t K, Py_ssize_t N, const floating* dZ, Py
 cdef inline void _wgrad_chunk(Py_ssize_t k0, Py_ssize_t kk, Py_ssize_t kc, Py_ssize_t N, const floating* P,
                               Py_ssize_t M, const floating* A, Py_ssize_t lda, floating* C, Py_ssize_t ldc,
                               floating* AT, int isa) noexcept nogil:
-    """C (+)= A[k0:k0+kk]^T @ (the chunk packed in P), in blocks of A's columns transposed into AT."""
+    """C (+)= A[k0:k0+kk]^T @ (the chunk packed in P), in blocks of A's columns: read in place (AVX-512) or
+    copied transposed into AT first."""
     cdef Py_ssize_t step = _wgrad_rows(M, kc, sizeof(floating)), m0 = 0, mm
     while m0 < M:
         mm = min(step, M - m0)
-        _transpose_block(A + k0 * lda + m0, lda, kk, mm, AT)
-        packed_matmul_into(mm, kk, AT, kk, P, N, C + m0 * ldc, ldc, k0 > 0, isa)
+        if isa < 2:
+            _transpose_block(A + k0 * lda + m0, lda, kk, mm, AT)
+            packed_matmul_into(mm, kk, AT, kk, P, N, C + m0 * ldc, ldc, k0 > 0, isa)
+        elif floating is float:
+            fr_matmul_at_f32(<int> mm, <int> kk, A + k0 * lda + m0, lda, P, <int> N, C + m0 * ldc, ldc, k0 > 0, isa)
+        else:
+            fr_matmul_at_f64(<int> mm, <int> kk, A + k0 * lda + m0, lda, P, <int> N, C + m0 * ldc, ldc, k0 > 0, isa)
         m0 += step
 
 

@@ -37,15 +37,16 @@ typedef double fr_vd2 __attribute__((vector_size(16)));
 #define FR_INLINE static inline __attribute__((always_inline))
 
 /* The k loops of a block (below; T, V its types): c[s][r][:] += AA[r, k] * PP's row k over the KK rows of one
-   source, the k loop split over KS sets of accumulators, the last KK % KS rows into set 0. */
-#define FR_BLOCK_SUMS(T, V, KK, AA, LDA, PP)                                                                  \
+   source, the k loop split over KS sets of accumulators, the last KK % KS rows into set 0. AA[r, k] is at
+   AA[r * LDA + k * AKS]: AKS is 1, or A is read transposed (LDA 1; fr_matmul_at). */
+#define FR_BLOCK_SUMS(T, V, KK, AA, LDA, AKS, PP)                                                                  \
     for (k = 0; k + KS <= KK; k += KS) {                                                                    \
         _Pragma("GCC unroll 4") for (s = 0; s < KS; s++) {                                                  \
             V p[NVEC];                                                                                      \
             _Pragma("GCC unroll 8") for (v = 0; v < NVEC; v++)                                              \
                 p[v] = *(const V*) (PP + (ptrdiff_t) (k + s) * NR + v * VL);                                \
             _Pragma("GCC unroll 4") for (r = 0; r < MR; r++) {                                              \
-                const T a = AA[r * LDA + k + s];                                                            \
+                const T a = AA[r * LDA + (ptrdiff_t) (k + s) * AKS];                                                            \
                 _Pragma("GCC unroll 8") for (v = 0; v < NVEC; v++)                                          \
                     c[s][r][v] += a * p[v];                                                                 \
             }                                                                                               \
@@ -56,7 +57,7 @@ typedef double fr_vd2 __attribute__((vector_size(16)));
         _Pragma("GCC unroll 8") for (v = 0; v < NVEC; v++)                                                  \
             p[v] = *(const V*) (PP + (ptrdiff_t) k * NR + v * VL);                                          \
         _Pragma("GCC unroll 4") for (r = 0; r < MR; r++) {                                                  \
-            const T a = AA[r * LDA + k];                                                                    \
+            const T a = AA[r * LDA + (ptrdiff_t) k * AKS];                                                                    \
             _Pragma("GCC unroll 8") for (v = 0; v < NVEC; v++)                                              \
                 c[0][r][v] += a * p[v];                                                                     \
         }                                                                                                   \
@@ -66,8 +67,9 @@ typedef double fr_vd2 __attribute__((vector_size(16)));
    a template over the element type T and the vector type V, as a macro. acc: add to C instead of overwriting it
    (the weight gradients, summed over chunks of k). */
 #define FR_DEFINE_BLOCK(T, V, NAME)                                                                         \
-FR_INLINE void NAME(const int MR, const int KS, int K, const T* A, ptrdiff_t lda, const T* P,               \
-                    int K2, const T* A2, ptrdiff_t lda2, const T* P2, int nc, T* C, ptrdiff_t ldc, int acc) { \
+FR_INLINE void NAME(const int MR, const int KS, int K, const T* A, ptrdiff_t lda, ptrdiff_t aks,          \
+                    const T* P, int K2, const T* A2, ptrdiff_t lda2, const T* P2, int nc, T* C, ptrdiff_t ldc,  \
+                    int acc) {                                                                              \
     enum { NR = FR_PANEL_BYTES / sizeof(T), NVEC = FR_PANEL_BYTES / sizeof(V), VL = sizeof(V) / sizeof(T) }; \
     V c[4][4][NVEC];                                                                                        \
     int k, r, s, v, j;                                                                                      \
@@ -75,8 +77,8 @@ FR_INLINE void NAME(const int MR, const int KS, int K, const T* A, ptrdiff_t lda
         _Pragma("GCC unroll 4") for (r = 0; r < MR; r++)                                                    \
             _Pragma("GCC unroll 8") for (v = 0; v < NVEC; v++)                                              \
                 c[s][r][v] = (V){0};                                                                        \
-    FR_BLOCK_SUMS(T, V, K, A, lda, P)                                                                       \
-    FR_BLOCK_SUMS(T, V, K2, A2, lda2, P2)  /* the second source: C = A @ P + A2 @ P2 */                        \
+    FR_BLOCK_SUMS(T, V, K, A, lda, aks, P)                                                                  \
+    FR_BLOCK_SUMS(T, V, K2, A2, lda2, 1, P2)  /* the second source: C = A @ P + A2 @ P2 */                     \
     _Pragma("GCC unroll 4") for (s = 1; s < KS; s++)                                                        \
         _Pragma("GCC unroll 4") for (r = 0; r < MR; r++)                                                    \
             _Pragma("GCC unroll 8") for (v = 0; v < NVEC; v++)                                              \
@@ -113,11 +115,14 @@ FR_DEFINE_BLOCK(double, fr_vd2, fr_block_f64_128)
    1 (AVX2, 16 registers): 2 rows, GEMV split 2 ways; 0 (SSE2): 1 row, no split.
    backward: the panels last to first (the same sums: each column's are in one panel). A time loop streams all
    of R every step; where R is about the size of the L2 cache, a pass in the other direction than the previous
-   step's starts with the panels that pass left in the cache (fused_blas.panels_backward). */
-#define FR_DEFINE_MATMUL(T, BLOCK, NAME, ATTR, LEVEL)                                                       \
+   step's starts with the panels that pass left in the cache (fused_blas.panels_backward).
+   TRANS 1: A is read transposed, A[r, k] at A[k * lda + r] (the weight gradients' x^T and h^T: each k's MR
+   values are neighbours, so no transposed copy is needed; K2 is then 0). */
+#define FR_DEFINE_MATMUL(T, BLOCK, NAME, ATTR, LEVEL, TRANS)                                                \
 ATTR static void NAME(int M, int K, const T* A, ptrdiff_t lda, const T* P, int K2, const T* A2,             \
                       ptrdiff_t lda2, const T* P2, int N, T* C, ptrdiff_t ldc, int acc, int backward) {     \
     enum { NR = FR_PANEL_BYTES / sizeof(T) };                                                               \
+    const ptrdiff_t rs = TRANS ? 1 : lda, ks = TRANS ? lda : 1;  /* A's strides between rows, along k */     \
     int q, p, i, npan = (N + NR - 1) / NR;                                                                  \
     for (q = 0; q < npan; q++) {                                                                            \
         p = backward ? npan - 1 - q : q;                                                                    \
@@ -127,17 +132,18 @@ ATTR static void NAME(int M, int K, const T* A, ptrdiff_t lda, const T* P, int K
         T* Cp = C + p * NR;                                                                                 \
         for (i = 0; i < M;) {                                                                               \
             int left = M - i;                                                                               \
-            const T* Ai = A + i * lda;                                                                      \
+            const T* Ai = A + i * rs;                                                                       \
             const T* A2i = A2 + i * lda2;                                                                   \
             T* Ci = Cp + i * ldc;                                                                           \
             if (LEVEL >= 2 && left >= 4) {                                                                  \
-                BLOCK(4, 1, K, Ai, lda, Pp, K2, A2i, lda2, P2p, nc, Ci, ldc, acc); i += 4;                  \
+                BLOCK(4, 1, K, Ai, rs, ks, Pp, K2, A2i, lda2, P2p, nc, Ci, ldc, acc); i += 4;               \
             } else if (LEVEL >= 2 && left == 3) {                                                           \
-                BLOCK(3, 1, K, Ai, lda, Pp, K2, A2i, lda2, P2p, nc, Ci, ldc, acc); i += 3;                  \
+                BLOCK(3, 1, K, Ai, rs, ks, Pp, K2, A2i, lda2, P2p, nc, Ci, ldc, acc); i += 3;               \
             } else if (LEVEL >= 1 && left >= 2) {                                                           \
-                BLOCK(2, LEVEL >= 2 ? 2 : 1, K, Ai, lda, Pp, K2, A2i, lda2, P2p, nc, Ci, ldc, acc); i += 2; \
+                BLOCK(2, LEVEL >= 2 ? 2 : 1, K, Ai, rs, ks, Pp, K2, A2i, lda2, P2p, nc, Ci, ldc, acc);      \
+                i += 2;                                                                                     \
             } else {                                                                                        \
-                BLOCK(1, LEVEL >= 2 ? 4 : LEVEL >= 1 ? 2 : 1, K, Ai, lda, Pp, K2, A2i, lda2, P2p, nc, Ci,   \
+                BLOCK(1, LEVEL >= 2 ? 4 : LEVEL >= 1 ? 2 : 1, K, Ai, rs, ks, Pp, K2, A2i, lda2, P2p, nc, Ci, \
                       ldc, acc);                                                                            \
                 i += 1;                                                                                     \
             }                                                                                               \
@@ -146,20 +152,29 @@ ATTR static void NAME(int M, int K, const T* A, ptrdiff_t lda, const T* P, int K
 }
 
 #if defined(__x86_64__) || defined(__i386__)
-FR_DEFINE_MATMUL(float, fr_block_f32_512, fr_matmul_f32_avx512, __attribute__((target("avx512f"))), 2)
-FR_DEFINE_MATMUL(double, fr_block_f64_512, fr_matmul_f64_avx512, __attribute__((target("avx512f"))), 2)
-FR_DEFINE_MATMUL(float, fr_block_f32_256, fr_matmul_f32_avx2, __attribute__((target("avx2,fma"))), 1)
-FR_DEFINE_MATMUL(double, fr_block_f64_256, fr_matmul_f64_avx2, __attribute__((target("avx2,fma"))), 1)
+#define FR_AVX512 __attribute__((target("avx512f")))
+#define FR_AVX2 __attribute__((target("avx2,fma")))
+FR_DEFINE_MATMUL(float, fr_block_f32_512, fr_matmul_f32_avx512, FR_AVX512, 2, 0)
+FR_DEFINE_MATMUL(double, fr_block_f64_512, fr_matmul_f64_avx512, FR_AVX512, 2, 0)
+FR_DEFINE_MATMUL(float, fr_block_f32_256, fr_matmul_f32_avx2, FR_AVX2, 1, 0)
+FR_DEFINE_MATMUL(double, fr_block_f64_256, fr_matmul_f64_avx2, FR_AVX2, 1, 0)
+FR_DEFINE_MATMUL(float, fr_block_f32_512, fr_matmul_at_f32_avx512, FR_AVX512, 2, 1)
+FR_DEFINE_MATMUL(double, fr_block_f64_512, fr_matmul_at_f64_avx512, FR_AVX512, 2, 1)
+FR_DEFINE_MATMUL(float, fr_block_f32_256, fr_matmul_at_f32_avx2, FR_AVX2, 1, 1)
+FR_DEFINE_MATMUL(double, fr_block_f64_256, fr_matmul_at_f64_avx2, FR_AVX2, 1, 1)
 #define FR_X86 1
 #endif
-FR_DEFINE_MATMUL(float, fr_block_f32_128, fr_matmul_f32_base, , 0)
-FR_DEFINE_MATMUL(double, fr_block_f64_128, fr_matmul_f64_base, , 0)
+FR_DEFINE_MATMUL(float, fr_block_f32_128, fr_matmul_f32_base, , 0, 0)
+FR_DEFINE_MATMUL(double, fr_block_f64_128, fr_matmul_f64_base, , 0, 0)
+FR_DEFINE_MATMUL(float, fr_block_f32_128, fr_matmul_at_f32_base, , 0, 1)
+FR_DEFINE_MATMUL(double, fr_block_f64_128, fr_matmul_at_f64_base, , 0, 1)
 
 #else  /* not GCC / Clang: plain loops */
-#define FR_DEFINE_PLAIN(T, NAME)                                                                            \
+#define FR_DEFINE_PLAIN(T, NAME, TRANS)                                                                     \
 static void NAME(int M, int K, const T* A, ptrdiff_t lda, const T* P, int K2, const T* A2, ptrdiff_t lda2,  \
                  const T* P2, int N, T* C, ptrdiff_t ldc, int acc, int backward) {                          \
     enum { NR = FR_PANEL_BYTES / sizeof(T) };                                                               \
+    const ptrdiff_t rs = TRANS ? 1 : lda, ks = TRANS ? lda : 1;                                              \
     int i, j, k;                                                                                            \
     (void) backward;                                                                                        \
     for (i = 0; i < M; i++)                                                                                 \
@@ -168,14 +183,16 @@ static void NAME(int M, int K, const T* A, ptrdiff_t lda, const T* P, int K2, co
             const T* P2p = P2 + (ptrdiff_t) (j / NR) * K2 * NR + j % NR;                                    \
             T sum = 0;                                                                                      \
             for (k = 0; k < K; k++)                                                                         \
-                sum += A[i * lda + k] * Pp[(ptrdiff_t) k * NR];                                             \
+                sum += A[i * rs + k * ks] * Pp[(ptrdiff_t) k * NR];                                       \
             for (k = 0; k < K2; k++)                                                                        \
                 sum += A2[i * lda2 + k] * P2p[(ptrdiff_t) k * NR];                                          \
             C[i * ldc + j] = acc ? C[i * ldc + j] + sum : sum;                                              \
         }                                                                                                   \
 }
-FR_DEFINE_PLAIN(float, fr_matmul_f32_base)
-FR_DEFINE_PLAIN(double, fr_matmul_f64_base)
+FR_DEFINE_PLAIN(float, fr_matmul_f32_base, 0)
+FR_DEFINE_PLAIN(double, fr_matmul_f64_base, 0)
+FR_DEFINE_PLAIN(float, fr_matmul_at_f32_base, 1)
+FR_DEFINE_PLAIN(double, fr_matmul_at_f64_base, 1)
 #endif
 
 
@@ -203,7 +220,7 @@ static int fr_isa(void) {
 /* fr_matmul2_f32 / fr_matmul2_f64: C = A @ P + A2 @ P2 (C += with acc) on the instruction set `isa` (fr_isa()),
    P (K x N) and P2 (K2 x N) packed alike, summed in registers (one pass over C: the LSTM and SimpleRNN forwards'
    x_t W + h R, fused_blas.step_projection_pays). fr_matmul_f32 / fr_matmul_f64: C = A @ P (K2 = 0).
-   backward: the panels last to first. */
+   backward: the panels last to first. fr_matmul_at_f32 / fr_matmul_at_f64: C = A^T @ P, A (K, M) row-major. */
 #if defined(FR_X86)
 #define FR_DISPATCH_ISA(NAME, ...)                                                                          \
     if (isa == 2) { NAME##_avx512(__VA_ARGS__); return; }                                                   \
@@ -211,7 +228,7 @@ static int fr_isa(void) {
 #else
 #define FR_DISPATCH_ISA(NAME, ...)
 #endif
-#define FR_DEFINE_DISPATCH(T, NAME, NAME2)                                                                  \
+#define FR_DEFINE_DISPATCH(T, NAME, NAME2, NAME_AT)                                                         \
 static void NAME2(int M, int K, const T* A, ptrdiff_t lda, const T* P, int K2, const T* A2, ptrdiff_t lda2, \
                   const T* P2, int N, T* C, ptrdiff_t ldc, int acc, int backward, int isa) {                \
     if (M <= 0 || N <= 0)                                                                                   \
@@ -223,9 +240,17 @@ static void NAME2(int M, int K, const T* A, ptrdiff_t lda, const T* P, int K2, c
 static void NAME(int M, int K, const T* A, ptrdiff_t lda, const T* P, int N, T* C, ptrdiff_t ldc,           \
                  int acc, int backward, int isa) {                                                          \
     NAME2(M, K, A, lda, P, 0, A, lda, P, N, C, ldc, acc, backward, isa);                                    \
+}                                                                                                           \
+static void NAME_AT(int M, int K, const T* A, ptrdiff_t lda, const T* P, int N, T* C, ptrdiff_t ldc,        \
+                    int acc, int isa) {                                                                     \
+    if (M <= 0 || N <= 0)                                                                                   \
+        return;                                                                                             \
+    FR_DISPATCH_ISA(NAME_AT, M, K, A, lda, P, 0, A, lda, P, N, C, ldc, acc, 0)                              \
+    (void) isa;                                                                                             \
+    NAME_AT##_base(M, K, A, lda, P, 0, A, lda, P, N, C, ldc, acc, 0);                                       \
 }
-FR_DEFINE_DISPATCH(float, fr_matmul_f32, fr_matmul2_f32)
-FR_DEFINE_DISPATCH(double, fr_matmul_f64, fr_matmul2_f64)
+FR_DEFINE_DISPATCH(float, fr_matmul_f32, fr_matmul2_f32, fr_matmul_at_f32)
+FR_DEFINE_DISPATCH(double, fr_matmul_f64, fr_matmul2_f64, fr_matmul_at_f64)
 
 /* fr_transpose_f32 / fr_transpose_f64: AT (cols, rows), row stride ldt = the rows x cols block of A (row stride
    lda), transposed in 16 x 16 tiles (a plain strided copy misses the cache on every write): the left operand of

@@ -248,7 +248,8 @@ def test_matmul_every_instruction_set(dtype):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 def test_weight_grads_every_instruction_set(dtype):
     """fused_blas.weight_grads (dW = x^T dA, dR = h^T dA in the backward kernels): chunks of k (512) with a tail,
-    blocks of A's columns (256 float32 / 128 float64) with a tail, partial panels, one or two A's, k = 0."""
+    blocks of A's columns (256 float32 / 128 float64) with a tail, partial panels, one or two A's, k = 0; A read
+    in place (AVX-512: fr_matmul_at) or copied transposed (AVX2, baseline)."""
     rng = np.random.default_rng(4)
     best = {"avx512": 2, "avx2": 1, "baseline": 0}[ct.isa()]
     for level in range(best + 1):
