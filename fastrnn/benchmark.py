@@ -247,12 +247,14 @@ def l2_cache_bytes():
         return None
 
 
-def stream_rates(n_threads=1, repeats=20):
+def stream_rates(n_threads=1, repeats=20, shares=()):
     """How fast one core streams a packed matrix through the per-step product at batch 1 (fastrnn's packed GEMV,
-    kernels/packed_gemm.h), with n_threads cores doing it at once: {"l2_bytes", "l2_gbs", "l3_gbs"}, the GB/s per
-    core of a matrix of half the L2 (read from L2) and of four times the L2 (read from L3). None when the L2 size is
-    unknown or the Cython modules are not built. At batch 1 a step must read R whole; this is the floor the bound of
-    each point adds (bound_seconds)."""
+    kernels/packed_gemm.h), with n_threads cores doing it at once: {"l2_bytes", "l2_gbs", "l3_gbs", "share_gbs"},
+    the GB/s per core of a matrix of half the L2 (read from L2) and of four times the L2 (read from L3), and
+    share_gbs {bytes: GB/s} for each of `shares` (bytes of R per core) too large for the L2, at its own size: the
+    rate falls as a share outgrows what the L3 gives one core (this Zen 4, one core: 93 GB/s at 4 and 8 MB, 84 at
+    12, 75-80 at 16). None when the L2 size is unknown or the Cython modules are not built. At batch 1 a step must
+    read R whole; this is the floor the bound of each point adds (bound_seconds)."""
     from concurrent.futures import ThreadPoolExecutor
     l2 = l2_cache_bytes()
     try:
@@ -272,22 +274,38 @@ def stream_rates(n_threads=1, repeats=20):
         seconds = min(ct._matmul_check(a, m, repeats)[1] for _ in range(3))
         return K * N * 4 / seconds / 1e9
 
-    with ThreadPoolExecutor(n_threads) as ex:
-        l2_gbs = min(ex.map(lambda _: rate(l2 / 2), range(n_threads)))
-        l3_gbs = min(ex.map(lambda _: rate(4 * l2), range(n_threads)))
-    return dict(l2_bytes=l2, l2_gbs=l2_gbs, l3_gbs=l3_gbs)
+    def per_core(nbytes):
+        with ThreadPoolExecutor(n_threads) as ex:
+            return min(ex.map(lambda _: rate(nbytes), range(n_threads)))
+
+    big = sorted({int(b) for b in shares if b > L2_SHARE * l2})
+    return dict(l2_bytes=l2, l2_gbs=per_core(l2 / 2), l3_gbs=per_core(4 * l2),
+                share_gbs={b: per_core(b) for b in big})
+
+
+# A share of R up to this fraction of the L2 is read from L2 (the rest of the L2 holds the step's other data).
+L2_SHARE = 0.75
+
+
+def r_share_bytes(cell, units, threads):
+    """Bytes of float32 R each thread reads per step at batch 1 (the column split: each its share of columns)."""
+    return 4 * ops.GATES[cell] * units * units // threads
 
 
 def bound_seconds(cell, mode, batch, timesteps, units, threads, peak_gflops, stream=None):
     """The time of a call with every matmul at peak_gflops (all threads together) and free gate math; with `stream`
     (stream_rates at this thread count) each step also reads R at least once (training: forward R, backward R.T):
-    split over the threads, at the L2 rate where each share fits in 3/4 of an L2, else at the L3 rate. Steps whose
-    matmuls take longer than that read are unchanged; at batch 1 the read is the longer."""
+    split over the threads, at the L2 rate where each share fits in L2_SHARE of an L2, else at the rate measured
+    for that share (share_gbs), or the L3 rate. Steps whose matmuls take longer than that read are unchanged; at
+    batch 1 the read is the longer."""
     seconds = matmul_flops(cell, mode, batch, timesteps, units) / (peak_gflops * 1e9)
     if stream:
         G = ops.GATES[cell]
-        share = 4.0 * G * units * units / threads      # float32 R, per thread
-        per_core = stream["l2_gbs"] if share <= 0.75 * stream["l2_bytes"] else stream["l3_gbs"]
+        share = r_share_bytes(cell, units, threads)
+        if share <= L2_SHARE * stream["l2_bytes"]:
+            per_core = stream["l2_gbs"]
+        else:
+            per_core = stream.get("share_gbs", {}).get(share, stream["l3_gbs"])
         read = share / (per_core * 1e9)
         compute = 2.0 * batch * units * G * units / (peak_gflops * 1e9)
         seconds += (1 if mode == "inference" else 2) * timesteps * max(0.0, read - compute)
@@ -631,7 +649,7 @@ def run_peers(grid, cells=CELLS, modes=peers.MODES, threads=(1,), min_rounds=7, 
             sgemm_peak = peak_sgemm_gflops()
             fma_peak = peak_fma_gflops(n)
             peak = fma_peak or sgemm_peak
-            stream = stream_rates(n)
+            stream = stream_rates(n, shares=[r_share_bytes(c, u, n) for c in cells for u in grid["units"]])
             result.setdefault("sgemm_gflops", {})[n] = sgemm_peak
             result.setdefault("peak_gflops", {})[n] = peak
             result.setdefault("stream", {})[n] = stream
@@ -642,7 +660,8 @@ def run_peers(grid, cells=CELLS, modes=peers.MODES, threads=(1,), min_rounds=7, 
                    "and free gate math")
                 + (f", each step reading R (its share per core) at the rate measured per core: "
                    f"{stream['l2_gbs']:.0f} GB/s from L2 ({stream['l2_bytes'] // 1024} KB), {stream['l3_gbs']:.0f} "
-                   "GB/s from L3)" if stream else ")"))
+                   "GB/s from L3" + "".join(f", {gbs:.0f} at {b / 2**20:g} MB" for b, gbs in stream["share_gbs"].items())
+                   + ")" if stream else ")"))
             for cell, mode, units, batch in itertools.product(cells, modes, grid["units"], grid["batch"]):
                 T = peer_timesteps(grid, units, batch)
                 if wait_idle_s > 0:

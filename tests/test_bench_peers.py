@@ -159,14 +159,25 @@ def test_bound_adds_the_read_of_r_where_it_takes_longer_than_the_step():
     # batch 64: the step's matmuls take longer than reading R: the FMA bound alone
     flops = benchmark.matmul_flops("gru", "inference", 64, 10, 256)
     assert benchmark.bound_seconds("gru", "inference", 64, 10, 256, 1, 100.0, stream) == pytest.approx(flops / 100e9)
+    # a share with its own measured rate (share_gbs) is read at that rate, other shares beyond the L2 at the L3 rate
+    measured = dict(stream, share_gbs={benchmark.r_share_bytes("lstm", 512, 1): 25.0})
+    flops = benchmark.matmul_flops("lstm", "inference", 1, 10, 512)
+    r, step = 4.0 * 4 * 512 * 512, 2.0 * 4 * 512 * 512
+    want = flops / 100e9 + 10 * (r / 25e9 - step / 100e9)
+    assert benchmark.bound_seconds("lstm", "inference", 1, 10, 512, 1, 100.0, measured) == pytest.approx(want)
+    want = flops / 200e9 + 10 * (r / 2 / 50e9 - step / 200e9)
+    assert benchmark.bound_seconds("lstm", "inference", 1, 10, 512, 2, 200.0, measured) == pytest.approx(want)
 
 
 def test_stream_rates_are_measured_per_core():
-    rates = benchmark.stream_rates(1, repeats=1)
-    if benchmark.l2_cache_bytes() is None:
+    l2 = benchmark.l2_cache_bytes()
+    shares = [] if l2 is None else [l2 // 4, 3 * l2]       # the first fits in the L2: no rate of its own
+    rates = benchmark.stream_rates(1, repeats=1, shares=shares)
+    if l2 is None:
         assert rates is None
     else:
-        assert rates["l2_bytes"] == benchmark.l2_cache_bytes() and rates["l2_gbs"] > 0 and rates["l3_gbs"] > 0
+        assert rates["l2_bytes"] == l2 and rates["l2_gbs"] > 0 and rates["l3_gbs"] > 0
+        assert list(rates["share_gbs"]) == [3 * l2] and rates["share_gbs"][3 * l2] > 0
 
 
 def test_fma_peak_is_measured_per_core():
