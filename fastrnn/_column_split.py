@@ -221,13 +221,12 @@ def forward(p, n_threads, stats=None):
 
 
 def forward_training(p, n_threads, stats=None):
-    """forward, keeping what backward needs: (y, finals, ws), ws the cell's workspaces (ops.training_workspaces,
+    """forward, keeping what backward needs: (y, finals, ws), ws the cell's workspaces (ops.training_outputs,
     the kernel contract's), which every backward takes (this module's, and the whole-batch kernels')."""
-    from .ops import training_workspaces   # ops imports this module
+    from .ops import training_outputs   # ops imports this module
     mod = _kernel()
-    y, finals = _outputs(p)
     B, T, D, U = p.shape
-    ws = training_workspaces(p.cell, B, T, U, p.x.dtype)
+    y, finals, ws = training_outputs(p.cell, B, T, U, p.x.dtype)
     _call(lambda n, st: _run(mod, p, y, finals, n, st, ws), max(1, int(n_threads)), {} if stats is None else stats)
     return y, finals, ws
 
@@ -236,13 +235,9 @@ def backward(p, ws, dy, d_states, n_threads, stats=None):
     """Gradients of problem p given the training forward's workspaces ws, dy (B, T, U) and the final states'
     gradients d_states ((dhT,) or (dhT, dcT)), on min(n_threads, units) threads: (dx, d_initial_states, dW, dR, db)
     as ops.CompiledKernel.backward (db (2, 3U) for GRU reset_after=True)."""
+    from .ops import gradient_arrays
     mod = _kernel()
-    B, T, D, U = p.shape
-    dt = p.x.dtype
-    dx = np.empty_like(p.x)
-    d_init = tuple(np.empty((B, U), dt) for _ in d_states)
-    dW, dR = np.empty_like(p.W), np.empty_like(p.R)
-    db = [np.empty(p.R.shape[1], dt) for _ in range(2 if p.cell == "gru" else 1)]
+    dx, d_init, ((dW, dR, *db),) = gradient_arrays(p)
 
     def run(n, st):
         if p.cell == "lstm":

@@ -19,7 +19,7 @@ import numpy as np
 # already loaded, so a `threadpool_limits(1)` around the first call would otherwise miss the kernels' BLAS.
 import scipy.linalg.cython_blas  # noqa: F401
 
-from . import _checks, _column_split, kernels, reference, threads
+from . import _checks, _column_split, _recycle, kernels, reference, threads
 
 GATES = {"simple_rnn": 1, "lstm": 4, "gru": 3}
 N_STATES = {"simple_rnn": 1, "lstm": 2, "gru": 1}
@@ -158,12 +158,12 @@ class CompiledKernel:
         mod = self._module or self._load()
         B, T, D, U = p.shape
         dt = p.x.dtype
-        y = np.empty((B, T, U), dt)
-        # (a generator expression here would cost ~0.6 us of a ~10 us step call)
-        finals = (np.empty((B, U), dt), np.empty((B, U), dt)) if p.cell == "lstm" else (np.empty((B, U), dt),)
         if training:
-            ws = training_workspaces(p.cell, B, T, U, dt)
+            y, finals, ws = training_outputs(p.cell, B, T, U, dt)
         else:
+            y = np.empty((B, T, U), dt)
+            # (a generator expression here would cost ~0.6 us of a ~10 us step call)
+            finals = (np.empty((B, U), dt), np.empty((B, U), dt)) if p.cell == "lstm" else (np.empty((B, U), dt),)
             ws = _NO_WORKSPACE[dt][p.cell]  # ignored in inference (kernels/README.md): one shared empty array
         bounds = self.blocks(p, 1)
         packed = p.packed.whole if (p.packed is not None and self.name == "cython") else None
@@ -187,17 +187,10 @@ class CompiledKernel:
 
     def backward(self, p, ws, dy, d_states):
         mod = self._module or self._load()
-        B, T, D, U = p.shape
-        dt = p.x.dtype
-        GU = GATES[p.cell] * U
-        dx = np.empty_like(p.x)
-        d_init = tuple(np.empty((B, U), dt) for _ in range(N_STATES[p.cell]))
         bounds = self.blocks(p, 2)
         # Weight gradients are sums over rows: block 0 writes the results, every other block its own buffers,
         # added to them afterwards in block order (deterministic for a given split).
-        n_db = 2 if p.cell == "gru" else 1
-        wgrads = [(np.empty_like(p.W), np.empty_like(p.R)) + tuple(np.empty(GU, dt) for _ in range(n_db))
-                  for _ in range(1 if bounds is None else len(bounds) - 1)]
+        dx, d_init, wgrads = gradient_arrays(p, 1 if bounds is None else len(bounds) - 1)
         if bounds is None:
             _kernel_backward(mod, p, p.x, p.lengths, ws, (dy, *d_states), (dx, *d_init) + wgrads[0])
         else:
@@ -219,20 +212,33 @@ class CompiledKernel:
         return dx, d_init, dW, dR, db
 
 
-def training_workspaces(cell, B, T, U, dtype):
-    """The zeroed workspaces of a training forward (WORKSPACES), as views of one allocation.
+def training_outputs(cell, B, T, U, dtype):
+    """(y, finals, ws) of a training forward: y (B, T, U), the final states ((B, U) each), and the cell's zeroed
+    workspaces (WORKSPACES), as views of one block that is reused once the caller has dropped them all
+    (fastrnn._recycle: a fresh block's pages are faulted in one by one on their first write)."""
+    n = N_STATES[cell]
+    arrays = _recycle.arrays([((B, T, U), dtype, False)] + [((B, U), dtype, False)] * n
+                             + [((B, T, w * U), dtype, True) for _, w in WORKSPACES[cell]])
+    return arrays[0], tuple(arrays[1:1 + n]), tuple(arrays[1 + n:])
 
-    One block rather than one array each: glibc returns the top of its heap to the OS when more than twice the
-    largest recent allocation is free there, and a training call's arrays (these, the kernel's input projection,
-    y) add up to more than that, so every call got fresh pages and paid a page fault per 4 KB on first write
-    (LSTM 128 units, batch 16, T=100: 9.7 ms -> 5.8 ms for the training forward, measured side by side)."""
-    widths = [w for _, w in WORKSPACES[cell]]
-    block = np.zeros(B * T * U * sum(widths), dtype)
-    views, start = [], 0
-    for w in widths:
-        views.append(block[start:start + B * T * w * U].reshape(B, T, w * U))
-        start += B * T * w * U
-    return tuple(views)
+
+def training_workspaces(cell, B, T, U, dtype):
+    """The zeroed workspaces of a training forward (WORKSPACES), as views of one block (fastrnn._recycle)."""
+    return tuple(_recycle.arrays([((B, T, w * U), dtype, True) for _, w in WORKSPACES[cell]]))
+
+
+def gradient_arrays(p, n_wgrads=1):
+    """Room for the gradients of problem p: dx (B, T, D), the initial states' ((B, U) each), and n_wgrads sets
+    of weight gradients (dW, dR, db; GRU: db_in, db_rec), views of one recycled block (as training_outputs)."""
+    B, T, D, U = p.shape
+    dt = p.x.dtype
+    GU = GATES[p.cell] * U
+    n, n_db = N_STATES[p.cell], (2 if p.cell == "gru" else 1)
+    per_set = [(p.W.shape, dt, False), (p.R.shape, dt, False)] + [((GU,), dt, False)] * n_db
+    arrays = _recycle.arrays([((B, T, D), dt, False)] + [((B, U), dt, False)] * n + per_set * n_wgrads)
+    k = 1 + n
+    sets = [tuple(arrays[k + i * len(per_set):k + (i + 1) * len(per_set)]) for i in range(n_wgrads)]
+    return arrays[0], tuple(arrays[1:k]), sets
 
 
 ROW_BLOCK_CELLS = ("lstm", "simple_rnn", "gru")

@@ -314,6 +314,7 @@ class _Pool:
                 if k is None:
                     break
                 job.run(k)
+            job = None
 
     def workers(self):
         with self._cv:
@@ -346,6 +347,9 @@ class _Pool:
                 break
             job.run(k)
         job.done.wait()
+        # Let go of fn (and the arrays it holds) now: a worker that has not woken yet still holds the job, and a
+        # recycled block is only reused once nothing refers to its arrays (fastrnn._recycle).
+        job.fn = None
         if error is None and job.errors:
             error = job.errors[min(job.errors)]
         if error is not None:

@@ -48,8 +48,11 @@ def cython_module(name, level=None):
 # pages from the OS, and each page's first write is a fault. Measured (LSTM 1024 units, batch 64, T=50, inference,
 # one thread; its scratch holds the 52 MB input projection): 496-508 ms a call back to back, 915 ms with 390 ms of
 # system time right after NumPy's sgemm of the same size had run, whose freed memory left the next large blocks to
-# be faulted in 4 KB at a time. Below KEEP_SCRATCH_BYTES a freed block is reused by malloc anyway, and warm.
-KEEP_SCRATCH_BYTES = 8 << 20
+# be faulted in 4 KB at a time. Blocks of 8 MB and more were kept at first; smaller ones fault too, whenever glibc has
+# handed the top of its heap back to the OS (a training loop drops its step's results, fastrnn._recycle): LSTM 128
+# units, batch 16, T=100, one thread, results dropped between steps: 15.5 ms a step with the forward's 3.3 MB
+# projection in a new block each call, 14.1 kept.
+KEEP_SCRATCH_BYTES = 256 << 10
 _kept = threading.local()
 
 

@@ -182,7 +182,7 @@ cdef inline void* need_packed(object packed, int tn, Py_ssize_t n) except NULL:
 
 cdef enum:
     SMALL_SCRATCH = 512  # doubles: a 4 KB buffer on the caller's stack
-    KEEP_SCRATCH_BYTES = 8 << 20  # fastrnn.kernels.KEEP_SCRATCH_BYTES
+    KEEP_SCRATCH_BYTES = 256 << 10  # fastrnn.kernels.KEEP_SCRATCH_BYTES
 
 
 cdef inline Py_ssize_t total(const Py_ssize_t* sizes, int parts) noexcept nogil:
