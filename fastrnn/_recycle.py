@@ -10,6 +10,8 @@ heap's history, so the same loop ran at either speed from one process to the nex
 A block goes back into use when nothing but this pool refers to it: every array handed out is a view of its block
 and holds a reference to it (NumPy's .base), as do views of those arrays, so the block's reference count tells.
 At most MAX_BLOCKS blocks and MAX_BYTES are kept: the oldest are let go (to the arrays still using them, if any).
+Arrays a caller may keep (y, dx, dW, dR) get blocks of their own (fastrnn.ops.training_outputs, gradient_arrays),
+so that keeping one holds no more memory than it did as a plain array.
 """
 import math
 import sys
@@ -18,7 +20,7 @@ import threading
 import numpy as np
 
 MIN_BYTES = 256 << 10    # smaller calls take plain arrays: their pages are few, and the pool costs ~3 us a call
-MAX_BLOCKS = 16          # a few layers' forward and backward, in flight at once (stacked, bidirectional)
+MAX_BLOCKS = 64          # a few blocks a layer's step (y, workspaces, dx, dW, dR), several layers in flight
 MAX_BYTES = 1 << 30
 ALIGN = 64               # each array starts on a cache line
 
@@ -35,14 +37,19 @@ _FREE_REFS = _refs([np.empty(1, np.uint8)], 0)
 
 
 def _take(nbytes):
-    """A uint8 block of at least nbytes that no array uses: a kept one (no more than twice as large) or a new one."""
+    """A uint8 block of at least nbytes that no array uses: the smallest kept one that fits (no more than twice as
+    large; the most recently used of equals, whose lines may still be cached), else a new one."""
     with _lock:
-        for i in range(len(_blocks) - 1, -1, -1):   # the most recently used first: its lines may still be cached
+        best = -1
+        for i in range(len(_blocks) - 1, -1, -1):
             size = _blocks[i].nbytes
-            if nbytes <= size <= 2 * nbytes and _refs(_blocks, i) == _FREE_REFS:
-                block = _blocks.pop(i)
-                _blocks.append(block)
-                return block
+            if nbytes <= size <= 2 * nbytes and (best < 0 or size < _blocks[best].nbytes) \
+                    and _refs(_blocks, i) == _FREE_REFS:
+                best = i
+        if best >= 0:
+            block = _blocks.pop(best)
+            _blocks.append(block)
+            return block
         block = np.empty(nbytes, np.uint8)
         _blocks.append(block)
         kept = sum(b.nbytes for b in _blocks)

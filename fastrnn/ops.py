@@ -214,12 +214,12 @@ class CompiledKernel:
 
 def training_outputs(cell, B, T, U, dtype):
     """(y, finals, ws) of a training forward: y (B, T, U), the final states ((B, U) each), and the cell's zeroed
-    workspaces (WORKSPACES), as views of one block that is reused once the caller has dropped them all
-    (fastrnn._recycle: a fresh block's pages are faulted in one by one on their first write)."""
-    n = N_STATES[cell]
-    arrays = _recycle.arrays([((B, T, U), dtype, False)] + [((B, U), dtype, False)] * n
-                             + [((B, T, w * U), dtype, True) for _, w in WORKSPACES[cell]])
-    return arrays[0], tuple(arrays[1:1 + n]), tuple(arrays[1 + n:])
+    workspaces (WORKSPACES). y and the workspaces (one block for all of them) are reused once the caller has dropped
+    them (fastrnn._recycle: a fresh block's pages are faulted in one by one on their first write); y has a block of
+    its own and the states are plain arrays, so that results a caller keeps hold no more memory than themselves."""
+    y, = _recycle.arrays([((B, T, U), dtype, False)])
+    finals = tuple(np.empty((B, U), dtype) for _ in range(N_STATES[cell]))
+    return y, finals, training_workspaces(cell, B, T, U, dtype)
 
 
 def training_workspaces(cell, B, T, U, dtype):
@@ -228,17 +228,22 @@ def training_workspaces(cell, B, T, U, dtype):
 
 
 def gradient_arrays(p, n_wgrads=1):
-    """Room for the gradients of problem p: dx (B, T, D), the initial states' ((B, U) each), and n_wgrads sets
-    of weight gradients (dW, dR, db; GRU: db_in, db_rec), views of one recycled block (as training_outputs)."""
+    """Room for the gradients of problem p: dx (B, T, D), the initial states' ((B, U) each), and n_wgrads sets of
+    weight gradients (dW, dR, db; GRU: db_in, db_rec), the first set the results. dx, dW and dR have recycled
+    blocks of their own (as training_outputs' y); the other sets, summed into the first and dropped, share one."""
     B, T, D, U = p.shape
     dt = p.x.dtype
     GU = GATES[p.cell] * U
-    n, n_db = N_STATES[p.cell], (2 if p.cell == "gru" else 1)
-    per_set = [(p.W.shape, dt, False), (p.R.shape, dt, False)] + [((GU,), dt, False)] * n_db
-    arrays = _recycle.arrays([((B, T, D), dt, False)] + [((B, U), dt, False)] * n + per_set * n_wgrads)
-    k = 1 + n
-    sets = [tuple(arrays[k + i * len(per_set):k + (i + 1) * len(per_set)]) for i in range(n_wgrads)]
-    return arrays[0], tuple(arrays[1:k]), sets
+    n_db = 2 if p.cell == "gru" else 1
+    dx, = _recycle.arrays([((B, T, D), dt, False)])
+    d_init = tuple(np.empty((B, U), dt) for _ in range(N_STATES[p.cell]))
+    (dW,), (dR,) = _recycle.arrays([(p.W.shape, dt, False)]), _recycle.arrays([(p.R.shape, dt, False)])
+    sets = [(dW, dR) + tuple(np.empty(GU, dt) for _ in range(n_db))]
+    if n_wgrads > 1:
+        per_set = [(p.W.shape, dt, False), (p.R.shape, dt, False)] + [((GU,), dt, False)] * n_db
+        rest = _recycle.arrays(per_set * (n_wgrads - 1))
+        sets += [tuple(rest[i * len(per_set):(i + 1) * len(per_set)]) for i in range(n_wgrads - 1)]
+    return dx, d_init, sets
 
 
 ROW_BLOCK_CELLS = ("lstm", "simple_rnn", "gru")

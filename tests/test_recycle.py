@@ -60,7 +60,7 @@ def test_zeroed_arrays_are_zeros_on_reuse_and_aligned():
 def test_small_requests_take_plain_arrays_and_blocks_are_capped():
     small, = _recycle.arrays([((4, 4), F32, True)])
     assert not small.any() and small.base is not None and small.base.nbytes < _recycle.MIN_BYTES
-    held = [_recycle.arrays([(BIG, F32, False)])[0] for _ in range(_recycle.MAX_BLOCKS + 3)]
+    held = [_recycle.arrays([((4, 1024), F32, False)] * 16)[0] for _ in range(_recycle.MAX_BLOCKS + 3)]
     assert len(_recycle._blocks) == _recycle.MAX_BLOCKS    # the oldest let go (the arrays still hold them)
     assert len({id(h.base) for h in held}) == len(held)
 
@@ -117,3 +117,25 @@ def test_training_results_do_not_depend_on_recycled_memory(cell, backend):
     again = [out.outputs, *out.states, grads.dx, *grads.d_weights]
     for want, got in zip(first, again):
         np.testing.assert_array_equal(got, want)
+
+
+def test_results_kept_by_the_caller_pin_only_their_own_block():
+    """A caller that keeps the final states and dW of every step (and drops the rest) lets y, the workspaces and
+    dx be reused: what it keeps holds no more memory than itself."""
+    rng = np.random.default_rng(2)
+    B, T, D, U = 16, 40, 128, 128
+    weights = [rng.standard_normal((D, 4 * U)).astype(np.float32) * 0.1,
+               rng.standard_normal((U, 4 * U)).astype(np.float32) * 0.1, np.zeros(4 * U, np.float32)]
+    x = rng.standard_normal((B, T, D)).astype(np.float32)
+    kept, seen = [], []
+    for _ in range(3):
+        out = ops.rnn_forward("lstm", x, weights, backend="cython", training=True)
+        grads = ops.rnn_backward(out, np.ones_like(out.outputs))
+        kept.append((out.states, grads.d_weights[0]))
+        # y and dx have one size here: either may take the other's block
+        seen.append(({id(out.outputs.base), id(grads.dx.base)}, id(out.tape[0].base)))
+        for s in out.states:
+            assert s.base is None                       # plain arrays
+        del out, grads
+    assert seen[1] == seen[2]                           # y, workspaces, dx: the same blocks again
+    assert len({id(w.base) for _, w in kept}) == 3      # each kept dW in a block of its own
