@@ -61,19 +61,18 @@ def _take(nbytes):
 def arrays(specs):
     """Arrays for specs [(shape, dtype, zeroed), ...] (dtype a numpy.dtype), each a view of one block: zeroed ones
     filled with zeros, the others uninitialized. From MIN_BYTES in all the block is a recycled one (see above)."""
-    sizes, total = [], 0
+    spans, total = [], 0
     for shape, dtype, _ in specs:
         n = math.prod(shape) * dtype.itemsize
-        sizes.append(n)
+        spans.append((total, total + n))
         total += -(-n // ALIGN) * ALIGN
     block = _take(total) if total >= MIN_BYTES else np.empty(total, np.uint8)
-    out, start = [], 0
-    for (shape, dtype, zeroed), n in zip(specs, sizes):
-        a = block[start:start + n].view(dtype).reshape(shape)
+    out = []
+    for (shape, dtype, zeroed), (start, end) in zip(specs, spans):
+        a = block[start:end].view(dtype).reshape(shape)
         if zeroed:
             a.fill(0)
         out.append(a)
-        start += -(-n // ALIGN) * ALIGN
     return out
 
 

@@ -315,7 +315,7 @@ cdef inline int start_row_blocks(row_blocks* c, cnp.ndarray bounds, cnp.ndarray 
 cdef inline Py_ssize_t given_packed(row_blocks* c, object packed, int tn, Py_ssize_t n) except -1:
     """c.packed = `packed` (a <cell>_pack array of n elements, checked) and 0; or, with packed None, the elements the
     call's scratch needs to pack W and R itself: n, and room to start them at a 64-byte boundary (row_blocks_scratch
-    places them there; a kept block from 8 MB, where a new array each call was faulted in page by page)."""
+    places them there; a kept block from KEEP_SCRATCH_BYTES, where a new array was faulted in page by page)."""
     if packed is not None:
         c.packed = need_packed(packed, tn, n)
         return 0
