@@ -59,20 +59,17 @@ def _take(nbytes):
 
 
 def arrays(specs):
-    """Arrays for specs [(shape, dtype, zeroed), ...] (dtype a numpy.dtype), each a view of one block: zeroed ones
-    filled with zeros, the others uninitialized. From MIN_BYTES in all the block is a recycled one (see above)."""
+    """Uninitialized arrays for specs [(shape, dtype), ...] (dtype a numpy.dtype), each a view of one block. From
+    MIN_BYTES in all the block is a recycled one (see above)."""
     spans, total = [], 0
-    for shape, dtype, _ in specs:
+    for shape, dtype in specs:
         n = math.prod(shape) * dtype.itemsize
         spans.append((total, total + n))
         total += -(-n // ALIGN) * ALIGN
     block = _take(total) if total >= MIN_BYTES else np.empty(total, np.uint8)
     out = []
-    for (shape, dtype, zeroed), (start, end) in zip(specs, spans):
-        a = block[start:end].view(dtype).reshape(shape)
-        if zeroed:
-            a.fill(0)
-        out.append(a)
+    for (shape, dtype), (start, end) in zip(specs, spans):
+        out.append(block[start:end].view(dtype).reshape(shape))
     return out
 
 

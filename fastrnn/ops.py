@@ -8,7 +8,7 @@ none; GRU reset_after=True has b of shape (2, 3U)). Outputs keep input positions
 (the backward half of a Bidirectional); layers flip them for Keras `go_backwards`.
 
 Every argument is checked here, before compiled code runs. Kernels (fastrnn.kernels) receive C-contiguous arrays of
-one float dtype, int64 lengths, preallocated outputs and zeroed workspaces; see kernels/README.md.
+one float dtype, int64 lengths, preallocated outputs and workspaces; see kernels/README.md.
 """
 import importlib
 import threading
@@ -213,18 +213,20 @@ class CompiledKernel:
 
 
 def training_outputs(cell, B, T, U, dtype):
-    """(y, finals, ws) of a training forward: y (B, T, U), the final states ((B, U) each), and the cell's zeroed
-    workspaces (WORKSPACES). y and the workspaces (one block for all of them) are reused once the caller has dropped
+    """(y, finals, ws) of a training forward: y (B, T, U), the final states ((B, U) each), and the cell's
+    workspaces (WORKSPACES; uninitialized: the forward writes every element the backward reads). y and the workspaces (one block for all of them) are reused once the caller has dropped
     them (fastrnn._recycle: a fresh block's pages are faulted in one by one on their first write); y has a block of
     its own and the states are plain arrays, so that results a caller keeps hold no more memory than themselves."""
-    y, = _recycle.arrays([((B, T, U), dtype, False)])
+    y, = _recycle.arrays([((B, T, U), dtype)])
     finals = tuple(np.empty((B, U), dtype) for _ in range(N_STATES[cell]))
     return y, finals, training_workspaces(cell, B, T, U, dtype)
 
 
 def training_workspaces(cell, B, T, U, dtype):
-    """The zeroed workspaces of a training forward (WORKSPACES), as views of one block (fastrnn._recycle)."""
-    return tuple(_recycle.arrays([((B, T, w * U), dtype, True) for _, w in WORKSPACES[cell]]))
+    """The workspaces of a training forward (WORKSPACES), as views of one block (fastrnn._recycle), uninitialized:
+    the forward writes every element (zeros at padded positions; kernels/README.md), so zeroing them first was a
+    redundant pass over the largest arrays of the call (LSTM: 7 x B x T x U)."""
+    return tuple(_recycle.arrays([((B, T, w * U), dtype) for _, w in WORKSPACES[cell]]))
 
 
 def gradient_arrays(p, n_wgrads=1):
@@ -235,12 +237,12 @@ def gradient_arrays(p, n_wgrads=1):
     dt = p.x.dtype
     GU = GATES[p.cell] * U
     n_db = 2 if p.cell == "gru" else 1
-    dx, = _recycle.arrays([((B, T, D), dt, False)])
+    dx, = _recycle.arrays([((B, T, D), dt)])
     d_init = tuple(np.empty((B, U), dt) for _ in range(N_STATES[p.cell]))
-    (dW,), (dR,) = _recycle.arrays([(p.W.shape, dt, False)]), _recycle.arrays([(p.R.shape, dt, False)])
+    (dW,), (dR,) = _recycle.arrays([(p.W.shape, dt)]), _recycle.arrays([(p.R.shape, dt)])
     sets = [(dW, dR) + tuple(np.empty(GU, dt) for _ in range(n_db))]
     if n_wgrads > 1:
-        per_set = [(p.W.shape, dt, False), (p.R.shape, dt, False)] + [((GU,), dt, False)] * n_db
+        per_set = [(p.W.shape, dt), (p.R.shape, dt)] + [((GU,), dt)] * n_db
         rest = _recycle.arrays(per_set * (n_wgrads - 1))
         sets += [tuple(rest[i * len(per_set):(i + 1) * len(per_set)]) for i in range(n_wgrads - 1)]
     return dx, d_init, sets

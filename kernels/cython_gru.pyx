@@ -42,12 +42,12 @@ def gru_forward(cnp.ndarray x not None, cnp.ndarray W not None, cnp.ndarray R no
     cdef Py_ssize_t B = dims[0], T = dims[1], D = dims[2], U = dims[3], G = 3 * U
     need("b_in", b_in, tn, False, 1, G, -1, -1)
     need("b_rec", b_rec, tn, False, 1, G, -1, -1)
-    # ws_vh: reset_after=False does not use it; left alone (NULL) unless it has its full size, then zeroed
+    # ws_vh: reset_after=False neither reads nor writes it (it may have size 0)
     cdef bint with_vh = False
     if training:  # else ignored (the contract: they may have size 0)
         need("ws_hprev", ws_hprev, tn, True, 3, B, T, U)
         need("ws_gates", ws_gates, tn, True, 3, B, T, G)
-        with_vh = reset_after or cnp.PyArray_SIZE(ws_vh) == B * T * U
+        with_vh = reset_after
         if with_vh:
             need("ws_vh", ws_vh, tn, True, 3, B, T, U)
     # Scratch, once per call, in one block: the input projection of every step (per_step: one step's, and the
@@ -174,7 +174,7 @@ cdef void _rows_task(row_blocks* c, floating* dtype) noexcept nogil:
             _forward_reset_before(bk, T, D, U, <const floating*> c.x + b0 * T * D, <const floating*> c.W,
                                   <const floating*> c.R, <const floating*> c.b, <const floating*> c.h0 + b0 * U,
                                   c.lengths + b0, c.reverse, <floating*> c.y + b0 * T * U,
-                                  <floating*> c.hT + b0 * U, ws[0], ws[1], ws[2], xw, xw + sizes[0], rh, pW, pR,
+                                  <floating*> c.hT + b0 * U, ws[0], ws[1], xw, xw + sizes[0], rh, pW, pR,
                                   pRh, True, per_step)
     restore_fp_mode(fp_mode)
 
@@ -260,7 +260,7 @@ cdef void _forward_arrays(floating* xw, const Py_ssize_t* sizes, floating* given
         else:
             memset(rh, 0, sizes[2] * sizeof(floating))
             _forward_reset_before(B, T, D, U, px, pw, pr, pb_in, ph0, lens, reverse, py, phT,
-                                  ws[0], ws[1], ws[2], xw, hr, rh, pW, pR, pRh, given != NULL, per_step)
+                                  ws[0], ws[1], xw, hr, rh, pW, pR, pRh, given != NULL, per_step)
         restore_fp_mode(fp_mode)
 
 
@@ -346,7 +346,7 @@ cdef void _forward_reset_before(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssi
                                 const floating* x, const floating* W, const floating* R,
                                 const floating* bias, const floating* h0,
                                 const int64_t* lengths, bint reverse, floating* y, floating* h,
-                                floating* ws_hprev, floating* ws_gates, floating* ws_vh,
+                                floating* ws_hprev, floating* ws_gates,
                                 floating* xw, floating* hr, floating* rh, floating* Wbuf, floating* Rbuf,
                                 floating* Rhbuf, bint prepacked, bint per_step) noexcept nogil:
     # reset_after=False needs r before the h gate's matmul, so each step is: matmul (z, r columns of R),
@@ -365,8 +365,6 @@ cdef void _forward_reset_before(Py_ssize_t B, Py_ssize_t T, Py_ssize_t D, Py_ssi
     cdef floating* yrow
 
     Wp = _start(B, T, D, U, x, W, h0, lengths, y, h, ws_hprev, ws_gates, NULL, xw, Wbuf, isa, prepacked, per_step)
-    if ws_vh != NULL:
-        memset(ws_vh, 0, B * T * U * sizeof(floating))  # unused here; zeros rather than whatever was there
     n_steps = max_length(lengths, B)
     Rp = packed_weights(R, G, U, 2 * U, Rbuf, prepacked)
     Rhp = packed_weights(R + 2 * U, G, U, U, Rhbuf, prepacked)

@@ -5,7 +5,7 @@
     reset_after=False: v_zr = h_{t-1} R[:, :2U] (one bias), hh = tanh(u_h + (r * h_{t-1}) R[:, 2U:])
 
 Contract (arguments, layouts, lengths, reverse, workspaces): kernels/README.md. With reset_after=False, b_rec is
-zeros and ignored, ws_vh is left untouched and db_rec is written with zeros.
+zeros and ignored, ws_vh is neither read nor written and db_rec is written with zeros.
 """
 import numpy as np
 from numba import njit
@@ -151,6 +151,11 @@ def gru_forward(x, W, R, b_in, b_rec, h0, lengths, reverse, reset_after, trainin
                 _new_state(hb, z, ah)
                 copy(y[bb, t], hb)
     zero_padded(y, lengths)
+    if training:  # the workspaces come uninitialized (kernels/README.md): zeros where padded
+        zero_padded(ws_hprev, lengths)
+        zero_padded(ws_gates, lengths)
+        if reset_after:  # (reset_after=False does not use ws_vh)
+            zero_padded(ws_vh, lengths)
 
 
 @njit(signatures(lambda F: (In(F, 3), In(F, 2), In(F, 2), LENGTHS, FLAG, FLAG, In(F, 3), In(F, 3), In(F, 3),

@@ -89,6 +89,11 @@ def lstm_forward(x, W, R, b, h0, c0, lengths, reverse, training, y, hT, cT, ws_h
             if training:
                 copy(ws_c[bb, t], cb)
     zero_padded(y, lengths)
+    if training:  # the workspaces come uninitialized (kernels/README.md): zeros where padded
+        zero_padded(ws_hprev, lengths)
+        zero_padded(ws_cprev, lengths)
+        zero_padded(ws_gates, lengths)
+        zero_padded(ws_c, lengths)
 
 
 @njit(signatures(lambda F: (In(F, 3), In(F, 2), In(F, 2), LENGTHS, FLAG, In(F, 3), In(F, 3), In(F, 3), In(F, 3),

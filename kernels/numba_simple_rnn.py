@@ -61,6 +61,9 @@ def simple_rnn_forward(x, W, R, b, h0, lengths, reverse, relu, training, y, hT, 
             copy(h[bb], a)
             copy(y[bb, t], a)
     zero_padded(y, lengths)
+    if training:  # the workspaces come uninitialized (kernels/README.md): zeros where padded
+        zero_padded(ws_hprev, lengths)
+        zero_padded(ws_h, lengths)
 
 
 @njit(signatures(lambda F: (In(F, 3), In(F, 2), In(F, 2), LENGTHS, FLAG, FLAG, In(F, 3), In(F, 3), In(F, 3),

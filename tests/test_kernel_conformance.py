@@ -275,3 +275,70 @@ def test_numba_step_matmul_in_column_blocks(dtype):
         nc.matmul(a, b, out)
         np.testing.assert_allclose(out, a.astype(np.float64) @ b, rtol=1e-4 if dtype == np.float32 else 1e-12,
                                    atol=1e-3 if dtype == np.float32 else 1e-10)
+
+
+
+def results_with_workspaces(fill, path, cell, options, reverse, monkeypatch):
+    """(results, workspaces) of a training forward + backward whose workspaces come filled with `fill`: path
+    "numba" or "cython" (ops, on fastrnn's current thread count) or "columns" (the column split on 2 threads).
+    The workspaces listed are those the contract defines (GRU reset_after=False has no use for ws_vh)."""
+    from fastrnn import _column_split
+    B = 3 if path == "columns" else 8
+    r = random_problem(cell, B=B, T=6, D=5, U=7, seed=21, lengths="mixed", **options)
+
+    def workspaces(cell_, B_, T_, U_, dtype):
+        return tuple(np.full((B_, T_, w * U_), fill, dtype) for _, w in ops.WORKSPACES[cell_])
+    monkeypatch.setattr(ops, "training_workspaces", workspaces)
+    if path == "columns":
+        p = ops.make_problem(cell, r["x"], [r["W"], r["R"], r["b"]], list(r["states"]), r["lengths"], reverse,
+                             options.get("activation", "tanh"), options.get("reset_after", True), np.float64)
+        y, finals, ws = _column_split.forward_training(p, 2)
+        dx, d_init, dW, dR, db = _column_split.backward(p, ws, r["dy"], r["dstates"], 2)
+        results = (y, *finals, dx, *d_init, dW, dR, db)
+    else:
+        out = ops.rnn_forward(cell, r["x"], [r["W"], r["R"], r["b"]], list(r["states"]), r["lengths"],
+                              reverse=reverse, training=True, backend=path, **options)
+        assert out.backend == path
+        ws = out.tape
+        g = ops.rnn_backward(out, r["dy"], list(r["dstates"]))
+        results = (out.outputs, *out.states, g.dx, *g.d_initial_states, *g.d_weights)
+    unused = cell == "gru" and not options.get("reset_after", True)
+    return results, [w for k, w in enumerate(ws) if not (unused and k == 2)]
+
+
+def assert_workspaces_fully_written(path, cell, options, reverse, monkeypatch):
+    """ops hands a training forward uninitialized workspaces (a recycled block holds what its last user left), so
+    every forward path must write each element the backward reads, zeros at padded positions: workspaces filled
+    with NaN beforehand give the same bits as workspaces filled with zeros (outputs, workspaces, gradients)."""
+    want, want_ws = results_with_workspaces(0.0, path, cell, options, reverse, monkeypatch)
+    got, got_ws = results_with_workspaces(np.nan, path, cell, options, reverse, monkeypatch)
+    for a, b in zip(got_ws + list(got), want_ws + list(want)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("n_threads", [1, 2], ids=["whole", "rows"])
+@pytest.mark.parametrize("cell,options", CELL_OPTIONS, ids=CELL_OPTION_IDS)
+def test_forward_writes_every_workspace_element(backend, cell, options, n_threads, reverse, monkeypatch):
+    """The whole batch on one thread, and blocks of rows on fastrnn's threads (2)."""
+    from fastrnn import threads
+    old = threads.get_num_threads()
+    try:
+        threads.set_num_threads(n_threads)
+        if n_threads > 1:
+            monkeypatch.setattr(threads, "MIN_FLOPS_PER_BLOCK", 1.0)  # split even this small problem
+            p = ops.make_problem(cell, np.zeros((8, 6, 5)), [np.zeros((5, 7 * ops.GATES[cell])),
+                                 np.zeros((7, 7 * ops.GATES[cell]))], dtype=np.float64, **options)
+            assert ops.KERNELS[(cell, backend, np.dtype(np.float64))].blocks(p, 1) is not None
+        assert_workspaces_fully_written(backend, cell, options, reverse, monkeypatch)
+    finally:
+        threads.set_num_threads(old)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("cell,options", CELL_OPTIONS, ids=CELL_OPTION_IDS)
+def test_column_split_forward_writes_every_workspace_element(cell, options, reverse, monkeypatch):
+    from fastrnn import _column_split
+    if _column_split.kernel_module() is None:
+        pytest.skip(f"column-split kernel not built: {_column_split.unavailable_reason()}")
+    assert_workspaces_fully_written("columns", cell, options, reverse, monkeypatch)

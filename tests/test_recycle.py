@@ -20,47 +20,45 @@ def empty_pool():
 
 
 def test_a_block_is_reused_once_every_view_is_gone():
-    a, b = _recycle.arrays([(BIG, F32, False), ((3, 5), F32, False)])
+    a, b = _recycle.arrays([(BIG, F32), ((3, 5), F32)])
     assert a.shape == BIG and b.shape == (3, 5) and a.base is b.base
     block = id(a.base)      # (an id: a reference held here would keep the block in use)
     assert not np.shares_memory(a, b)
     del a
-    c, = _recycle.arrays([(BIG, F32, False)])          # b still uses the block: a new one
+    c, = _recycle.arrays([(BIG, F32)])          # b still uses the block: a new one
     assert id(c.base) != block
     del b
-    d, = _recycle.arrays([(BIG, F32, False)])          # nothing uses it now
+    d, = _recycle.arrays([(BIG, F32)])          # nothing uses it now
     assert id(d.base) == block
 
 
 def test_views_of_views_keep_their_block_in_use():
-    a, = _recycle.arrays([(BIG, F32, False)])
+    a, = _recycle.arrays([(BIG, F32)])
     block = id(a.base)
     kept = a.T[::2]                                    # a view derived by the caller
     del a
     gc.collect()
-    b, = _recycle.arrays([(BIG, F32, False)])
+    b, = _recycle.arrays([(BIG, F32)])
     assert id(b.base) != block and not np.shares_memory(b, kept)
     del kept
-    c, = _recycle.arrays([(BIG, F32, False)])
+    c, = _recycle.arrays([(BIG, F32)])
     assert id(c.base) == block
 
 
-def test_zeroed_arrays_are_zeros_on_reuse_and_aligned():
-    a, z = _recycle.arrays([((7, 3), F32, False), (BIG, np.dtype(np.float64), True)])
-    assert z.dtype == np.float64 and not z.any()
+def test_arrays_are_aligned_and_reused():
+    a, z = _recycle.arrays([((7, 3), F32), (BIG, np.dtype(np.float64))])
+    assert z.dtype == np.float64 and z.shape == BIG and a.shape == (7, 3)
     assert a.ctypes.data % 16 == 0 and (z.ctypes.data - a.ctypes.data) % _recycle.ALIGN == 0
     block = id(z.base)
-    z[...] = np.nan
-    a[...] = 1
     del a, z
-    a, z = _recycle.arrays([((7, 3), F32, False), (BIG, np.dtype(np.float64), True)])
-    assert id(z.base) == block and not z.any()
+    a, z = _recycle.arrays([((7, 3), F32), (BIG, np.dtype(np.float64))])
+    assert id(z.base) == block
 
 
 def test_small_requests_take_plain_arrays_and_blocks_are_capped():
-    small, = _recycle.arrays([((4, 4), F32, True)])
-    assert not small.any() and small.base is not None and small.base.nbytes < _recycle.MIN_BYTES
-    held = [_recycle.arrays([((4, 1024), F32, False)] * 16)[0] for _ in range(_recycle.MAX_BLOCKS + 3)]
+    small, = _recycle.arrays([((4, 4), F32)])
+    assert small.base is not None and small.base.nbytes < _recycle.MIN_BYTES
+    held = [_recycle.arrays([((4, 1024), F32)] * 16)[0] for _ in range(_recycle.MAX_BLOCKS + 3)]
     assert len(_recycle._blocks) == _recycle.MAX_BLOCKS    # the oldest let go (the arrays still hold them)
     assert len({id(h.base) for h in held}) == len(held)
 
@@ -71,7 +69,7 @@ def test_threads_never_share_a_block():
 
     def take(k):
         barrier.wait()
-        got[k] = _recycle.arrays([(BIG, F32, False)])[0]
+        got[k] = _recycle.arrays([(BIG, F32)])[0]
 
     workers = [threading.Thread(target=take, args=(k,)) for k in range(4)]
     for w in workers:

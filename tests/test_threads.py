@@ -58,8 +58,14 @@ def bit_identical(backend, lengths):
     return backend != "cython"
 
 
+def contract_tape(out):
+    """The workspaces the contract defines: GRU reset_after=False neither reads nor writes ws_vh (kernels/README)."""
+    unused = out.problem.cell == "gru" and not out.problem.reset_after
+    return tuple(w for k, w in enumerate(out.tape or ()) if not (unused and k == 2))
+
+
 def assert_same_forward(a, b, exact=True):
-    pairs = [(a.outputs, b.outputs), *zip(a.states, b.states), *zip(a.tape or (), b.tape or ())]
+    pairs = [(a.outputs, b.outputs), *zip(a.states, b.states), *zip(contract_tape(a), contract_tape(b))]
     for s, t in pairs:
         if exact:
             np.testing.assert_array_equal(s, t)
