@@ -491,8 +491,40 @@ def format_sgemm(rows, out=print):
             f"{r['sgemm_fraction'] * 100:8.0f}% {'ok' if r['sgemm_fraction'] >= TARGET_SGEMM_FRACTION else 'FAIL':>5}")
 
 
-def thread_scaling(points, lo=1, hi=2):
-    """Rows (point, fastrnn lo/hi speedup, torch's, ort's) for points timed at both thread counts, batch >= 16."""
+def speedup_side_by_side(cell, mode, units, batch, timesteps, backend, lo=1, hi=2, min_rounds=5, budget_s=0.5,
+                         warm_below_s=0.05):
+    """{lo: median seconds, hi: median seconds, "load": other processes' cores} of one fastrnn call (backend) at lo
+    and at hi threads, timed in alternation in one loop (each round one call at each count), so that the machine's
+    changes of speed over time hit both counts alike. Measured here: the same code's 2-thread speedup taken from
+    the two thread counts' tables, minutes apart, was 1.58-1.92x (SimpleRNN 128/16 inference) depending on when
+    the tables ran; in alternation 1.82-1.84x each time.
+
+    Each count runs inside peers.Threads(n, peers=False) (fastrnn's threads, the BLAS pools), entered outside the
+    timed call; calls shorter than warm_below_s are timed after one untimed call at the same count, which wakes
+    that count's threads (kept C threads sleep after ~200 us idle, a shrunk pool starts its workers again)."""
+    x, weights = peers.make_problem(cell, batch, timesteps, units)
+    call = peers.fastrnn_runner(backend, cell, mode, x, weights).call
+    samples = {lo: [], hi: []}
+    load = OtherLoad()
+    start = time.perf_counter()
+    for rnd in range(max(min_rounds, 200)):
+        for n in (lo, hi):
+            with peers.Threads(n, peers=False):
+                if not samples[n] or samples[n][-1] < warm_below_s:
+                    call()
+                t0 = time.perf_counter()
+                call()
+                samples[n].append(time.perf_counter() - t0)
+        if rnd + 1 >= min_rounds and time.perf_counter() - start > budget_s:
+            break
+    return {lo: statistics.median(samples[lo]), hi: statistics.median(samples[hi]), "load": load.cores()}
+
+
+def thread_scaling(points, lo=1, hi=2, measure=None):
+    """Rows for the points timed at both thread counts with batch >= 16: fastrnn's, torch's and ort's speedup from
+    lo to hi threads. torch's and ort's are the ratios of their medians in the two thread counts' tables; so is
+    fastrnn's unless `measure` is given: measure(point at lo, point at hi) -> speedup_side_by_side's dict, whose
+    ratio is then fastrnn's speedup (the table ratio kept as "tables")."""
     by = {(p["cell"], p["mode"], p["units"], p["batch"], p["timesteps"], p["threads"]): p for p in points}
     out = []
     for key, p_lo in by.items():
@@ -501,27 +533,42 @@ def thread_scaling(points, lo=1, hi=2):
         p_hi = by.get(key[:-1] + (hi,))
         if p_hi is None:
             continue
-        sp = {"fastrnn": p_lo["fastrnn"] / p_hi["fastrnn"]}
+        tables = p_lo["fastrnn"] / p_hi["fastrnn"]
+        row = dict(cell=key[0], mode=key[1], units=key[2], batch=key[3], timesteps=key[4], tables=tables,
+                   method="tables")
+        sp = {"fastrnn": tables}
+        if measure is not None:
+            m = measure(p_lo, p_hi)
+            sp["fastrnn"] = m[lo] / m[hi]
+            row.update(method="side by side", fastrnn_s={lo: m[lo], hi: m[hi]}, other_load=m.get("load"))
         for name in ("torch", "ort"):
             if name in p_lo["times"] and name in p_hi["times"]:
                 sp[name] = p_lo["times"][name] / p_hi["times"][name]
-        out.append(dict(cell=key[0], mode=key[1], units=key[2], batch=key[3], timesteps=key[4], speedup=sp,
-                        ok=sp["fastrnn"] >= TARGET_THREAD_SCALING))
+        row.update(speedup=sp, ok=sp["fastrnn"] >= TARGET_THREAD_SCALING)
+        out.append(row)
     return out
 
 
 def format_scaling(rows, lo, hi, out=print):
     if not rows:
         return
-    out(f"\nthreads: speedup of {hi} threads over {lo} (same run, medians of each thread count's table), "
-        f"batch >= {SCALING_MIN_BATCH}; target fastrnn >= {TARGET_THREAD_SCALING:g}x")
-    out(f"{'cell':<10} {'mode':<9} {'units':>5} {'batch':>5} {'T':>4} {'fastrnn':>8} {'torch':>6} {'ort':>6} "
-        f"{'pass':>5}")
+    side = any(r["method"] == "side by side" for r in rows)
+    out(f"\nthreads: speedup of {hi} threads over {lo}, batch >= {SCALING_MIN_BATCH}; target fastrnn >= "
+        f"{TARGET_THREAD_SCALING:g}x; " + (
+            f"fastrnn: its {lo}- and {hi}-thread calls timed in alternation\nin one loop (each round one call at each "
+            f"count, the backend of the {hi}-thread table); 'tables': the ratio of fastrnn's medians in the two "
+            "tables above,\ntimed minutes apart (the machine's speed drifts between them); torch, ort: their tables' "
+            "ratio; load: as in the tables" if side else "medians of each thread count's table"))
+    out(f"{'cell':<10} {'mode':<9} {'units':>5} {'batch':>5} {'T':>4} {'fastrnn':>8} {'tables':>6} {'torch':>6} "
+        f"{'ort':>6} {'pass':>5}" + (f" {'load':>5}" if side else ""))
     for r in rows:
         sp = r["speedup"]
+        load = r.get("other_load")
         out(f"{r['cell']:<10} {r['mode']:<9} {r['units']:>5} {r['batch']:>5} {r['timesteps']:>4} "
-            f"{sp['fastrnn']:8.2f} " + " ".join(f"{sp[n]:6.2f}" if n in sp else f"{'-':>6}" for n in ("torch", "ort"))
-            + f" {'ok' if r['ok'] else 'FAIL':>5}")
+            f"{sp['fastrnn']:8.2f} {r['tables']:6.2f} "
+            + " ".join(f"{sp[n]:6.2f}" if n in sp else f"{'-':>6}" for n in ("torch", "ort"))
+            + f" {'ok' if r['ok'] else 'FAIL':>5}"
+            + ((f" {load:5.1f}" if load is not None else f" {'-':>5}") if side else ""))
 
 
 def summarize_targets(result, out=print):
@@ -709,8 +756,20 @@ def run_peers(grid, cells=CELLS, modes=peers.MODES, threads=(1,), min_rounds=7, 
                 result["latency"].extend(lat)
                 format_latency(lat, out)
             out(f"({n} thread(s): {time.perf_counter() - t_section:.0f} s)")
-    result["scaling"] = thread_scaling(result["points"], 1, 2) if {1, 2} <= set(threads) else []
+    result["scaling"] = []
+    if {1, 2} <= set(threads):
+        def measure(p_lo, p_hi):
+            nonlocal waited
+            if wait_idle_s > 0:
+                waited += wait_for_idle(wait_idle_s)
+            return speedup_side_by_side(p_hi["cell"], p_hi["mode"], p_hi["units"], p_hi["batch"], p_hi["timesteps"],
+                                        p_hi["fastrnn_backend"], 1, 2, budget_s=budget_s)
+        t_scaling = time.perf_counter()
+        result["scaling"] = thread_scaling(result["points"], 1, 2, measure)
+        result["scaling_s"] = time.perf_counter() - t_scaling
     format_scaling(result["scaling"], 1, 2, out)
+    if result["scaling"]:
+        out(f"(thread scaling: {result['scaling_s']:.0f} s)")
     summarize_targets(result, out)
     wall = time.perf_counter() - t_start
     cpu_end, busy_end = os.times(), _cpu_busy_jiffies()

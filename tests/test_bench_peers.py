@@ -4,6 +4,7 @@ Fast and timing-free in what it asserts; the parts that need torch / onnxruntime
 import numpy as np
 import pytest
 
+import fastrnn
 from fastrnn import benchmark, cli, ops, peers
 
 CELLS = ("simple_rnn", "lstm", "gru")
@@ -105,6 +106,27 @@ def test_targets_and_scaling_logic():
     rows = benchmark.thread_scaling(pts)
     assert [(r["batch"], r["ok"]) for r in rows] == [(16, True), (64, False)]
     assert rows[0]["speedup"]["torch"] == pytest.approx(2.0)
+    assert [r["method"] for r in rows] == ["tables", "tables"]
+    # measured side by side: fastrnn's speedup is the measurement's, the tables' ratio is kept beside it
+    seen = []
+
+    def measure(p_lo, p_hi):
+        seen.append((p_lo["threads"], p_hi["threads"], p_hi["batch"]))
+        return {1: 1.0, 2: 0.5 if p_hi["batch"] == 64 else 0.6, "load": 0.0}
+    rows = benchmark.thread_scaling(pts, measure=measure)
+    assert seen == [(1, 2, 16), (1, 2, 64)]
+    assert [(r["batch"], r["ok"], r["method"]) for r in rows] == [(16, False, "side by side"),
+                                                                  (64, True, "side by side")]
+    assert rows[1]["speedup"]["fastrnn"] == pytest.approx(2.0) and rows[1]["tables"] == pytest.approx(1 / 0.7)
+    assert rows[0]["speedup"]["torch"] == pytest.approx(2.0)
+
+
+def test_speedup_side_by_side_times_both_thread_counts():
+    before = fastrnn.get_num_threads()
+    backend = "cython" if ops.available_backends()["cython"] is None else "numba"
+    m = benchmark.speedup_side_by_side("gru", "training", 8, 16, 4, backend, min_rounds=2, budget_s=0.0)
+    assert m[1] > 0 and m[2] > 0 and set(m) == {1, 2, "load"}
+    assert fastrnn.get_num_threads() == before      # each count's settings undone
 
 
 @needs_peers
