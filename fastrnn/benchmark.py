@@ -491,17 +491,18 @@ def format_sgemm(rows, out=print):
             f"{r['sgemm_fraction'] * 100:8.0f}% {'ok' if r['sgemm_fraction'] >= TARGET_SGEMM_FRACTION else 'FAIL':>5}")
 
 
-def speedup_side_by_side(cell, mode, units, batch, timesteps, backend, lo=1, hi=2, min_rounds=5, budget_s=0.5,
-                         warm_below_s=0.05):
+def speedup_side_by_side(cell, mode, units, batch, timesteps, backend, lo=1, hi=2, min_rounds=5, budget_s=0.5):
     """{lo: median seconds, hi: median seconds, "load": other processes' cores} of one fastrnn call (backend) at lo
     and at hi threads, timed in alternation in one loop (each round one call at each count), so that the machine's
     changes of speed over time hit both counts alike. Measured here: the same code's 2-thread speedup taken from
     the two thread counts' tables, minutes apart, was 1.58-1.92x (SimpleRNN 128/16 inference) depending on when
-    the tables ran; in alternation 1.82-1.84x each time.
+    the tables ran; in alternation 1.80-1.84x each time.
 
     Each count runs inside peers.Threads(n, peers=False) (fastrnn's threads, the BLAS pools), entered outside the
-    timed call; calls shorter than warm_below_s are timed after one untimed call at the same count, which wakes
-    that count's threads (kept C threads sleep after ~200 us idle, a shrunk pool starts its workers again)."""
+    timed call, and each timed call follows one untimed call at the same count, as when a program keeps its
+    thread count: the switch wakes that count's sleeping threads, and growing fastrnn's pool again starts a new
+    worker thread whose kept scratch is faulted into memory on its first call (GRU 1024/64/50 training on 2
+    threads: 0.76 s timed first, 0.65 s after the untimed call)."""
     x, weights = peers.make_problem(cell, batch, timesteps, units)
     call = peers.fastrnn_runner(backend, cell, mode, x, weights).call
     samples = {lo: [], hi: []}
@@ -510,8 +511,7 @@ def speedup_side_by_side(cell, mode, units, batch, timesteps, backend, lo=1, hi=
     for rnd in range(max(min_rounds, 200)):
         for n in (lo, hi):
             with peers.Threads(n, peers=False):
-                if not samples[n] or samples[n][-1] < warm_below_s:
-                    call()
+                call()
                 t0 = time.perf_counter()
                 call()
                 samples[n].append(time.perf_counter() - t0)
