@@ -491,18 +491,20 @@ def format_sgemm(rows, out=print):
             f"{r['sgemm_fraction'] * 100:8.0f}% {'ok' if r['sgemm_fraction'] >= TARGET_SGEMM_FRACTION else 'FAIL':>5}")
 
 
-def speedup_side_by_side(cell, mode, units, batch, timesteps, backend, lo=1, hi=2, min_rounds=5, budget_s=0.5):
+def speedup_side_by_side(cell, mode, units, batch, timesteps, backend, lo=1, hi=2, min_rounds=5, budget_s=0.5,
+                         prewarm_s=PREWARM_S):
     """{lo: median seconds, hi: median seconds, "load": other processes' cores} of one fastrnn call (backend) at lo
-    and at hi threads, timed in alternation in one loop (each round one call at each count), so that the machine's
-    changes of speed over time hit both counts alike. Measured here: the same code's 2-thread speedup taken from
-    the two thread counts' tables, minutes apart, was 1.58-1.92x (SimpleRNN 128/16 inference) depending on when
-    the tables ran; in alternation 1.80-1.84x each time.
+    and at hi threads, timed in alternation in one loop (each round one timed call at each count), so that the
+    machine's changes of speed over time hit both counts alike. Measured here: the same code's 2-thread speedup
+    taken from the two thread counts' tables, minutes apart, was 1.58-1.92x (SimpleRNN 128/16 inference)
+    depending on when the tables ran; in alternation 1.80-1.91x.
 
     Each count runs inside peers.Threads(n, peers=False) (fastrnn's threads, the BLAS pools), entered outside the
-    timed call, and each timed call follows one untimed call at the same count, as when a program keeps its
-    thread count: the switch wakes that count's sleeping threads, and growing fastrnn's pool again starts a new
-    worker thread whose kept scratch is faulted into memory on its first call (GRU 1024/64/50 training on 2
-    threads: 0.76 s timed first, 0.65 s after the untimed call)."""
+    timed call, which follows calls at the same count for prewarm_s (at least one), as every call of the tables is
+    timed after its own prewarm at 2 threads: a program that keeps its thread count has its threads awake and its
+    memory faulted in. With one untimed call only, the 2-thread times came out up to 12% slower (LSTM 128/64
+    inference 9.8-9.9 ms against 8.7-8.9; the idle core's wake-up on this VM), and with none, the first call of a
+    grown pool's new worker thread faulted its kept scratch in (GRU 1024/64/50 training 0.76 s against 0.65)."""
     x, weights = peers.make_problem(cell, batch, timesteps, units)
     call = peers.fastrnn_runner(backend, cell, mode, x, weights).call
     samples = {lo: [], hi: []}
@@ -511,7 +513,10 @@ def speedup_side_by_side(cell, mode, units, batch, timesteps, backend, lo=1, hi=
     for rnd in range(max(min_rounds, 200)):
         for n in (lo, hi):
             with peers.Threads(n, peers=False):
+                end = time.perf_counter() + prewarm_s
                 call()
+                while time.perf_counter() < end:
+                    call()
                 t0 = time.perf_counter()
                 call()
                 samples[n].append(time.perf_counter() - t0)
@@ -555,10 +560,11 @@ def format_scaling(rows, lo, hi, out=print):
     side = any(r["method"] == "side by side" for r in rows)
     out(f"\nthreads: speedup of {hi} threads over {lo}, batch >= {SCALING_MIN_BATCH}; target fastrnn >= "
         f"{TARGET_THREAD_SCALING:g}x; " + (
-            f"fastrnn: its {lo}- and {hi}-thread calls timed in alternation\nin one loop (each round one call at each "
-            f"count, the backend of the {hi}-thread table); 'tables': the ratio of fastrnn's medians in the two "
-            "tables above,\ntimed minutes apart (the machine's speed drifts between them); torch, ort: their tables' "
-            "ratio; load: as in the tables" if side else "medians of each thread count's table"))
+            f"fastrnn: its {lo}- and {hi}-thread calls timed in alternation in one loop\n(each round one call at "
+            f"each count, after {PREWARM_S:g} s of calls at that count; the backend of the {hi}-thread table); "
+            "'tables': the ratio of fastrnn's medians\nin the two tables above, timed minutes apart (the machine's "
+            "speed drifts between them); torch, ort: their tables' ratio; load: as in the tables"
+            if side else "medians of each thread count's table"))
     out(f"{'cell':<10} {'mode':<9} {'units':>5} {'batch':>5} {'T':>4} {'fastrnn':>8} {'tables':>6} {'torch':>6} "
         f"{'ort':>6} {'pass':>5}" + (f" {'load':>5}" if side else ""))
     for r in rows:
