@@ -45,6 +45,14 @@ def make_call(backend, cell, mode, x, weights):
     return inference if mode == "inference" else training
 
 
+def prewarm(call, seconds):
+    """Run call untimed until `seconds` have passed (at least once): its threads awake, its memory faulted in."""
+    end = time.perf_counter() + seconds
+    call()
+    while time.perf_counter() < end:
+        call()
+
+
 def time_side_by_side(calls, min_rounds=5, max_rounds=50, budget_s=2.0, warmup=True, pools=None, prewarm_s=0.0,
                       prewarm_below_s=1.0):
     """{name: median seconds}: round robin over `calls` until min_rounds and the time budget are used.
@@ -69,10 +77,7 @@ def time_side_by_side(calls, min_rounds=5, max_rounds=50, budget_s=2.0, warmup=T
         for name, call in calls.items():
             pool = pools.get(name, name)
             if prewarm_s > 0 and pool != last_pool and (not samples[name] or samples[name][-1] < prewarm_below_s):
-                end = time.perf_counter() + prewarm_s
-                call()
-                while time.perf_counter() < end:
-                    call()
+                prewarm(call, prewarm_s)
             last_pool = pool
             t0 = time.perf_counter()
             call()
@@ -513,10 +518,7 @@ def speedup_side_by_side(cell, mode, units, batch, timesteps, backend, lo=1, hi=
     for rnd in range(max(min_rounds, 200)):
         for n in (lo, hi):
             with peers.Threads(n, peers=False):
-                end = time.perf_counter() + prewarm_s
-                call()
-                while time.perf_counter() < end:
-                    call()
+                prewarm(call, prewarm_s)
                 t0 = time.perf_counter()
                 call()
                 samples[n].append(time.perf_counter() - t0)

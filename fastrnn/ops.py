@@ -214,9 +214,10 @@ class CompiledKernel:
 
 def training_outputs(cell, B, T, U, dtype):
     """(y, finals, ws) of a training forward: y (B, T, U), the final states ((B, U) each), and the cell's
-    workspaces (WORKSPACES; uninitialized: the forward writes every element the backward reads). y and the workspaces (one block for all of them) are reused once the caller has dropped
-    them (fastrnn._recycle: a fresh block's pages are faulted in one by one on their first write); y has a block of
-    its own and the states are plain arrays, so that results a caller keeps hold no more memory than themselves."""
+    workspaces (training_workspaces; uninitialized: the forward writes every element). y and the workspaces are
+    reused once the caller has dropped them (fastrnn._recycle: a fresh block's pages are faulted in one by one on
+    their first write); y has a block of its own and the states are plain arrays, so that results a caller keeps
+    hold no more memory than themselves."""
     y, = _recycle.arrays([((B, T, U), dtype)])
     finals = tuple(np.empty((B, U), dtype) for _ in range(N_STATES[cell]))
     return y, finals, training_workspaces(cell, B, T, U, dtype)

@@ -55,6 +55,13 @@ def random_problem(cell, B, T, D, U, dtype=np.float64, seed=0, lengths="full", s
     return p
 
 
+def contract_workspaces(cell, reset_after, ws):
+    """The workspaces of ws that the kernel contract defines: GRU reset_after=False neither reads nor writes ws_vh
+    (kernels/README.md), whose contents are then whatever its memory held."""
+    unused = cell == "gru" and not reset_after
+    return tuple(w for k, w in enumerate(ws) if not (unused and k == 2))
+
+
 def rel_err(a, b):
     """max |a - b| / max(max |b|, tiny): one number per comparison, scale-aware."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)

@@ -17,7 +17,7 @@ import pytest
 import fastrnn
 from fastrnn import _column_split as cs
 from fastrnn import ops
-from helpers import CELL_OPTION_IDS, CELL_OPTIONS, random_problem, rel_err
+from helpers import CELL_OPTION_IDS, CELL_OPTIONS, contract_workspaces, random_problem, rel_err
 from helpers import no_backoff, watchdog  # noqa: F401 (autouse fixtures)
 
 ct = cs.kernel_module()
@@ -72,8 +72,7 @@ def assert_same_bits(a, b):
 
 
 def contract_ws(p, ws):
-    """The workspaces the contract defines: GRU reset_after=False neither reads nor writes ws_vh (kernels/README)."""
-    return tuple(w for k, w in enumerate(ws) if not (p.cell == "gru" and not p.reset_after and k == 2))
+    return contract_workspaces(p.cell, p.reset_after, ws)
 
 
 def cython_training_forward(p):

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from fastrnn import ops
-from helpers import CELL_OPTION_IDS, CELL_OPTIONS, random_problem, rel_err
+from helpers import CELL_OPTION_IDS, CELL_OPTIONS, contract_workspaces, random_problem, rel_err
 
 COMPILED = ["numba", "cython"]
 FLOAT64_TOL = 1e-10
@@ -280,30 +280,33 @@ def test_numba_step_matmul_in_column_blocks(dtype):
 
 def results_with_workspaces(fill, path, cell, options, reverse, monkeypatch):
     """(results, workspaces) of a training forward + backward whose workspaces come filled with `fill`: path
-    "numba" or "cython" (ops, on fastrnn's current thread count) or "columns" (the column split on 2 threads).
-    The workspaces listed are those the contract defines (GRU reset_after=False has no use for ws_vh)."""
-    from fastrnn import _column_split
+    "numba" or "cython" (ops, on fastrnn's current thread count; with more than one thread the batch must split
+    into row blocks) or "columns" (the column split on 2 threads). The workspaces listed are those the contract
+    defines."""
+    from fastrnn import _column_split, threads
     B = 3 if path == "columns" else 8
     r = random_problem(cell, B=B, T=6, D=5, U=7, seed=21, lengths="mixed", **options)
+    reset_after = options.get("reset_after", True)
+    p = ops.make_problem(cell, r["x"], [r["W"], r["R"], r["b"]], list(r["states"]), r["lengths"], reverse,
+                         options.get("activation", "tanh"), reset_after, np.float64)
 
     def workspaces(cell_, B_, T_, U_, dtype):
         return tuple(np.full((B_, T_, w * U_), fill, dtype) for _, w in ops.WORKSPACES[cell_])
     monkeypatch.setattr(ops, "training_workspaces", workspaces)
     if path == "columns":
-        p = ops.make_problem(cell, r["x"], [r["W"], r["R"], r["b"]], list(r["states"]), r["lengths"], reverse,
-                             options.get("activation", "tanh"), options.get("reset_after", True), np.float64)
         y, finals, ws = _column_split.forward_training(p, 2)
         dx, d_init, dW, dR, db = _column_split.backward(p, ws, r["dy"], r["dstates"], 2)
         results = (y, *finals, dx, *d_init, dW, dR, db)
     else:
+        if threads.get_num_threads() > 1:
+            assert ops.KERNELS[(cell, path, p.x.dtype)].blocks(p, 1) is not None
         out = ops.rnn_forward(cell, r["x"], [r["W"], r["R"], r["b"]], list(r["states"]), r["lengths"],
                               reverse=reverse, training=True, backend=path, **options)
         assert out.backend == path
         ws = out.tape
         g = ops.rnn_backward(out, r["dy"], list(r["dstates"]))
         results = (out.outputs, *out.states, g.dx, *g.d_initial_states, *g.d_weights)
-    unused = cell == "gru" and not options.get("reset_after", True)
-    return results, [w for k, w in enumerate(ws) if not (unused and k == 2)]
+    return results, list(contract_workspaces(cell, reset_after, ws))
 
 
 def assert_workspaces_fully_written(path, cell, options, reverse, monkeypatch):
@@ -325,11 +328,7 @@ def test_forward_writes_every_workspace_element(backend, cell, options, n_thread
     old = threads.get_num_threads()
     try:
         threads.set_num_threads(n_threads)
-        if n_threads > 1:
-            monkeypatch.setattr(threads, "MIN_FLOPS_PER_BLOCK", 1.0)  # split even this small problem
-            p = ops.make_problem(cell, np.zeros((8, 6, 5)), [np.zeros((5, 7 * ops.GATES[cell])),
-                                 np.zeros((7, 7 * ops.GATES[cell]))], dtype=np.float64, **options)
-            assert ops.KERNELS[(cell, backend, np.dtype(np.float64))].blocks(p, 1) is not None
+        monkeypatch.setattr(threads, "MIN_FLOPS_PER_BLOCK", 1.0)  # split even this small problem
         assert_workspaces_fully_written(backend, cell, options, reverse, monkeypatch)
     finally:
         threads.set_num_threads(old)

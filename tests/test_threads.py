@@ -12,7 +12,7 @@ from threadpoolctl import threadpool_info, threadpool_limits
 
 import fastrnn
 from fastrnn import ops, threads
-from helpers import CELL_OPTION_IDS, CELL_OPTIONS, random_problem, rel_err
+from helpers import CELL_OPTION_IDS, CELL_OPTIONS, contract_workspaces, random_problem, rel_err
 
 COMPILED = [b for b, why in ops.available_backends().items() if b != "numpy" and why is None]
 DTYPES = [np.float32, np.float64]
@@ -59,9 +59,7 @@ def bit_identical(backend, lengths):
 
 
 def contract_tape(out):
-    """The workspaces the contract defines: GRU reset_after=False neither reads nor writes ws_vh (kernels/README)."""
-    unused = out.problem.cell == "gru" and not out.problem.reset_after
-    return tuple(w for k, w in enumerate(out.tape or ()) if not (unused and k == 2))
+    return contract_workspaces(out.problem.cell, out.problem.reset_after, out.tape or ())
 
 
 def assert_same_forward(a, b, exact=True):
